@@ -1,0 +1,124 @@
+"""sccvae.model.SCCVAE and sccvae.shift: the user-facing API end to end on a tiny simulated screen."""
+import warnings
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from sccvae import data as D
+from sccvae.model import SCCVAE
+from sccvae.shift import ShiftSelection, default_grid, select_penetrance
+
+
+@pytest.fixture(scope="module")
+def trained():
+    from sccvae.synthetic import simulate_screen
+    torch.set_num_threads(1)
+    adata = simulate_screen("tiny", seed=0)
+    SCCVAE.setup_anndata(adata, perturbation_key="gene", control_group="non-targeting")
+    D.apply_split(adata, D.ood_manifest(adata, n_folds=4, seed=0), 0)
+    model = SCCVAE(adata, n_latent=8, n_hidden=32, n_label_components=8)
+    model.train(max_epochs=2, pack=4, progress=False, accelerator="cpu")
+    unseen = sorted(set(adata.obs.loc[adata.obs.split == "test", "_scc_target"].astype(str)))
+    return adata, model, unseen
+
+
+def test_requires_registration_and_normalisation():
+    from sccvae.synthetic import simulate_screen
+    a = simulate_screen("tiny", seed=1)
+    with pytest.raises(ValueError, match="not registered"):
+        SCCVAE(a)
+    D.setup_anndata(a, perturbation_key="gene", control_group="non-targeting")
+    with pytest.raises(ValueError, match="normalise"):
+        SCCVAE(a)
+
+
+def test_unseen_not_in_training(trained):
+    adata, model, unseen = trained
+    assert not set(unseen) & set(model.train_perturbations)
+    assert model.module.n_perturbations == len(model.train_perturbations)
+    assert len(model.history) == 2 and model.is_trained
+
+
+def test_predict_penetrance_forms(trained):
+    adata, model, unseen = trained
+    seen = model.train_perturbations[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        p = model.predict([seen, "control"] + unseen, n_cells=7, seed=1)
+    assert p.shape == ((2 + len(unseen)) * 7, adata.n_vars) and list(p.var_names) == list(adata.var_names)
+    assert p.obs["gene"].tolist()[:7] == [seen] * 7
+    src = list(p.uns["sccvae_prediction"]["penetrance_source"])
+    assert src[:2] == ["learned", "control"] and set(src[2:]) == {"median_learned"}
+    f = model.predict(unseen, n_cells=5, penetrance=0.0)
+    c0 = model.predict(["control"], n_cells=5)
+    # c = 0 gives exactly the control prediction (same control draws and noise for the same seed)
+    np.testing.assert_allclose(f.X[:5], c0.X, atol=1e-5)
+    d = model.predict(unseen, n_cells=5, penetrance={unseen[0]: 2.5})
+    assert d.obs.penetrance.iloc[0] == 2.5
+    with pytest.raises(KeyError, match="no label"):
+        model.predict(["NOT_A_GENE"], n_cells=3)
+
+
+def test_latents_and_embedding(trained):
+    adata, model, unseen = trained
+    z = model.get_latent_representation(kind="z")
+    u = model.get_latent_representation(kind="u")
+    assert z.shape == u.shape == (adata.n_obs, 8)
+    with pytest.raises(ValueError, match="'z' or 'u'"):
+        model.get_latent_representation(kind="w")
+    emb = model.perturbation_embedding(model.train_perturbations[:3], relative=True)
+    assert emb.shape == (3, 8) and np.isfinite(emb.to_numpy()).all()
+
+
+@pytest.mark.parametrize("mode", ["oracle", "holdout", "linear", "none"])
+def test_shift_selection_modes(trained, mode):
+    adata, model, unseen = trained
+    try:
+        sel = select_penetrance(model, mode=mode, n_cells=16, store=False)
+    except ImportError:
+        pytest.skip("sccvae.baselines.LinearBaseline not available")
+    assert list(sel.chosen.index) == unseen and sel.mode == mode and sel.label.startswith(mode)
+    if mode != "none":
+        assert sel.errors.shape == (len(unseen), 41)
+        assert np.array_equal(sel.chosen.to_numpy(), default_grid()[sel.errors.to_numpy().argmin(1)])
+    if mode == "holdout":
+        keep = sel.evaluation_mask(adata)
+        for p in unseen:
+            used = adata.obs_names.isin(sel.selection_cells[p])
+            assert used.any() and not keep[used].any()
+            n = int(((adata.obs._scc_target == p) & (adata.obs.split == "test")).sum())
+            assert used.sum() == round(n / 2)
+
+
+def test_shift_selection_common_random_numbers(trained):
+    adata, model, unseen = trained
+    a = select_penetrance(model, mode="oracle", n_cells=16, seed=5, store=False)
+    b = select_penetrance(model, mode="oracle", n_cells=16, seed=5, grid=[0.5, 1.0], store=False)
+    # the same controls and noise for every candidate: a sub-grid gives the same errors
+    np.testing.assert_allclose(b.errors.to_numpy(), a.errors[[0.5, 1.0]].to_numpy(), rtol=1e-4, atol=1e-7)
+
+
+def test_save_load_roundtrip(trained, tmp_path):
+    adata, model, unseen = trained
+    sel = model.select_penetrance(mode="holdout", n_cells=16)
+    model.save(tmp_path / "m")
+    m2 = SCCVAE.load(tmp_path / "m", adata, accelerator="cpu")
+    for k, v in model.module.state_dict().items():
+        assert torch.equal(v.cpu(), m2.module.state_dict()[k].cpu()), k
+    assert m2.graph.mode == "full" and m2.train_perturbations == model.train_perturbations
+    assert m2.shift_selection.mode == "holdout" and m2.penetrance_overrides == model.penetrance_overrides
+    np.testing.assert_allclose(model.predict(unseen, n_cells=6, seed=2).X, m2.predict(unseen, n_cells=6, seed=2).X, atol=1e-5)
+    bad = adata[:, adata.var_names[::-1]].copy()
+    with pytest.raises(ValueError, match="genes differ"):
+        SCCVAE.load(tmp_path / "m", bad)
+
+
+def test_graph_modes_build(trained):
+    adata = trained[0]
+    for g, kw in (("conditional", {}), ("random", dict(n_edges=5, graph_seed=2)),
+                  ("causal", dict(edges=pd.DataFrame({"parent_idx": [0, 1], "child_idx": [2, 3]})))):
+        m = SCCVAE(adata, graph=g, n_latent=6, n_hidden=8, n_label_components=4, **kw)
+        assert m.graph.mode == g and m.module.mask.shape == (6, 6)
+    assert SCCVAE(adata, graph="random", n_latent=6, n_hidden=8, n_label_components=4, n_edges=5,
+                  graph_seed=2).graph.n_edges == 5
