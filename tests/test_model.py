@@ -122,3 +122,27 @@ def test_graph_modes_build(trained):
         assert m.graph.mode == g and m.module.mask.shape == (6, 6)
     assert SCCVAE(adata, graph="random", n_latent=6, n_hidden=8, n_label_components=4, n_edges=5,
                   graph_seed=2).graph.n_edges == 5
+
+
+def test_train_preset_fast_and_save_load(trained, tmp_path):
+    adata, _, unseen = trained
+    m = SCCVAE(adata, n_latent=8, n_hidden=32, n_label_components=8)
+    m.train(preset="fast", max_epochs=2, progress=False, accelerator="cpu")
+    tc = m.train_config
+    assert tc["preset"] == "fast" and tc["gamma"] == 1.0 and tc["lr"] == 1e-3 and tc["max_epochs"] == 2
+    assert m.module.labels_standardized
+    m.save(tmp_path / "m")
+    m2 = SCCVAE.load(tmp_path / "m", adata, accelerator="cpu")
+    assert torch.equal(m2.module.label_scale, m.module.label_scale)
+    a = m.predict(unseen, n_cells=5, penetrance=1.0, seed=0).X
+    b = m2.predict(unseen, n_cells=5, penetrance=1.0, seed=0).X
+    assert np.allclose(a, b, atol=1e-5)
+    with pytest.raises(ValueError, match="preset"):
+        m.train(preset="quick", max_epochs=1, progress=False, accelerator="cpu")
+
+
+def test_train_default_is_paper(trained):
+    _, model, _ = trained
+    tc = model.train_config
+    assert tc["preset"] == "paper" and tc["gamma"] == 10.0 and tc["adam_eps"] == 1e-2 and tc["lr"] == 5e-4
+    assert tc["lr_schedule"] == "constant" and not model.module.labels_standardized

@@ -83,3 +83,45 @@ def test_nonfinite_loss_stops(tiny_data):
     with torch.no_grad(): mod.decoder[-1].bias.fill_(float("nan"))
     with pytest.raises(FloatingPointError, match="non-finite"):
         Trainer(mod, tiny_data, TrainConfig(max_epochs=1, progress=False, check_every=2)).fit()
+
+
+def test_presets():
+    from sccvae.train import TRAIN_PRESETS
+    assert TrainConfig.from_preset("paper") == TrainConfig()                 # the default is the paper
+    f = TrainConfig.fast()
+    assert f == TrainConfig(**TRAIN_PRESETS["fast"])
+    assert (f.gamma, f.adam_eps, f.lr, f.lr_schedule, f.standardize_labels, f.init_decoder_bias, f.keep) == \
+        (1.0, 1e-8, 1e-3, "cosine", True, True, "last")
+    assert TrainConfig.fast(gamma=10.0, max_epochs=5).gamma == 10.0
+    assert TrainConfig().lr_factor(0.5) == 1.0 and f.lr_factor(0.5) == pytest.approx(0.5) and f.lr_factor(1.0) == 0.0
+    with pytest.raises(ValueError, match="paper"):
+        TrainConfig.from_preset("quick")
+    with pytest.raises(TypeError, match="unknown"):
+        TrainConfig.fast(gama=1.0)
+    with pytest.raises(ValueError, match="last"):
+        TrainConfig(keep="middle")
+
+
+def test_fast_preset_training_and_resume(tiny_data, tmp_path):
+    cfg = TrainConfig.fast(max_epochs=3, pack=2, progress=False, seed=1)
+    full = Trainer(_module(tiny_data), tiny_data, cfg, checkpoint_dir=tmp_path / "a"); h = full.fit()
+    mod = full.module
+    assert mod.labels_standardized and int(mod.n_steps) == 3 * len(full.sampler)
+    lab = tiny_data.labels
+    assert torch.allclose(mod.label_mean, lab.mean(0)) and torch.allclose(mod.label_scale, lab.std(0))
+    assert h.lr.iloc[0] < cfg.lr and h.lr.is_monotonic_decreasing and full.best["epoch"] == 2   # cosine, keep last
+    part = Trainer(_module(tiny_data), tiny_data, cfg, checkpoint_dir=tmp_path / "b"); part.fit(max_epochs=1); del part
+    resumed = Trainer(_module(tiny_data), tiny_data, cfg, checkpoint_dir=tmp_path / "b"); resumed.fit()
+    a, b = full.module.state_dict(), resumed.module.state_dict()
+    for k in a: assert torch.allclose(a[k].float(), b[k].float(), atol=1e-6, rtol=0), k
+    # a trained module is not re-initialised by a new trainer (continued training)
+    bias = mod.decoder[-1].bias.detach().clone()
+    Trainer(mod, tiny_data, cfg)
+    assert torch.equal(mod.decoder[-1].bias.detach(), bias)
+
+
+def test_paper_preset_leaves_labels_and_bias_alone(tiny_data):
+    m = _module(tiny_data)
+    b0 = m.decoder[-1].bias.detach().clone()
+    Trainer(m, tiny_data, TrainConfig(max_epochs=1, progress=False))
+    assert not m.labels_standardized and torch.equal(m.decoder[-1].bias.detach(), b0)
