@@ -152,3 +152,8 @@ def test_method_colors_are_stable():
     c = pl.method_colors(["control", "SCCVAE (holdout)", "SCCVAE (oracle)", "mystery"])
     assert c["control"] == pl.METHOD_COLORS["control"] and c["SCCVAE (holdout)"] == pl.METHOD_COLORS["SCCVAE"]
     assert len(set(c.values())) == 4
+
+
+def test_pl_alias():
+    import sccvae
+    assert sccvae.pl.metric_boxplot is pl.metric_boxplot
