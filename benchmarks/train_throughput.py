@@ -117,9 +117,9 @@ def run_ours(a, dev, pack, precision):
     batches = (batches * math.ceil(need / len(batches)))[:need]
 
     def step(idx):
-        x, y, lg, index, c, layout = tr._batch(idx, tr.generator)
+        x, y, lg, index, c, layout, cnt = tr._batch(idx, tr.generator)
         return training_step(tr.module, tr.optimizer, x, y, lg, index, c, beta=0.5, cfg=cfg, layout=layout,
-                             generator=tr.generator)
+                             generator=tr.generator, **cnt)
 
     acc = torch.zeros(5, device=dev)
     for idx in batches[:a.warmup]: p = step(idx); acc += torch.stack(list(p.values()))

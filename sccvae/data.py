@@ -318,13 +318,20 @@ def paper_folds(path) -> pd.Series:
 
 # %% ../nbs/01_data.ipynb #f224339a
 def gene_embedding(adata: ad.AnnData, *, n_components: int = 50, seed: int = 0,
-                   max_control_cells: int | None = None) -> pd.DataFrame:
-    "PCA scores of every gene (rows: gene symbols) from the genes × control-cells log-normalised matrix."
+                   max_control_cells: int | None = None, split_key: str | None = None,
+                   split: str = "train") -> pd.DataFrame:
+    """PCA scores of every gene (rows: gene symbols) from the genes × control-cells log-normalised matrix.
+
+    `split_key`: use only the control cells whose `obs[split_key] == split` (e.g. the training controls of a fold)."""
     from sklearn.decomposition import PCA
     reg = get_registry(adata)
     if not reg.get("normalized"):
         raise ValueError("perturbation labels need log-normalised data: call `sccvae.data.normalize(adata)` first.")
-    ctrl = np.flatnonzero((targets(adata) == CONTROL).to_numpy())
+    is_ctrl = (targets(adata) == CONTROL).to_numpy()
+    if split_key is not None:
+        if split_key not in adata.obs: raise KeyError(f"split_key={split_key!r} is not in adata.obs.")
+        is_ctrl &= adata.obs[split_key].astype(str).to_numpy() == split
+    ctrl = np.flatnonzero(is_ctrl)
     if len(ctrl) == 0:
         raise ValueError("no control cells in this AnnData (was it subset after setup_anndata?); labels are a PCA "
                          "over control cells, so keep the controls in the object.")
@@ -527,9 +534,12 @@ def apply_split(adata: ad.AnnData, manifest: pd.DataFrame, fold: int | str | Non
 class PerturbationData:
     """Model-ready view of a registered, normalised AnnData (holds its matrix once).
 
-    `labels`: perturbation labels (`perturbation_labels(...)`), whose row order defines the perturbation codes."""
+    `labels`: perturbation labels (`perturbation_labels(...)`), whose row order defines the perturbation codes.
+    `counts_layer`: hold this layer of raw counts instead of `X` (count likelihoods): `count_rows` gives the counts
+    and `rows` the same `log1p(count / total · target_sum)` that `normalize` wrote to `X`, computed per batch, so
+    the matrix is still held once."""
     def __init__(self, adata: ad.AnnData, *, labels: pd.DataFrame, split_key: str | None = "split",
-                 device=None, on_device: str | bool = "auto"):
+                 device=None, on_device: str | bool = "auto", counts_layer: str | None = None):
         import torch
         reg = get_registry(adata)
         if not reg.get("normalized"):
@@ -550,7 +560,19 @@ class PerturbationData:
                            "or pass split_key=None to use every cell for training.")
         self.split = (adata.obs[split_key].astype(str).to_numpy() if split_key is not None
                       else np.full(adata.n_obs, "train", dtype=object))
-        X = adata.X
+        self.counts_layer = counts_layer
+        if counts_layer is not None:
+            if counts_layer not in adata.layers:
+                raise KeyError(f"adata.layers has no {counts_layer!r}: a count likelihood needs the raw counts; "
+                               "`sccvae.data.normalize` keeps them in layers['counts'] when the input is counts.")
+            ts = float(reg.get("target_sum", float("nan")))
+            if not np.isfinite(ts):
+                raise ValueError("this AnnData was registered with log-normalised input, so its normalisation scale is "
+                                 "unknown; a count likelihood needs an AnnData normalised from raw counts.")
+            self.target_sum = ts
+            X = adata.layers[counts_layer]
+            check_values(X, what=f"adata.layers[{counts_layer!r}]")
+        else: X = adata.X
         self._sparse = sp.issparse(X)
         if self._sparse: X = X.tocsr() if not sp.isspmatrix_csr(X) else X
         elif X.dtype != np.float32 or not X.flags.c_contiguous:
@@ -577,12 +599,24 @@ class PerturbationData:
         blk = blk.toarray() if self._sparse else np.asarray(blk)
         return torch.from_numpy(np.asarray(blk, dtype=np.float32)).to(self.device, non_blocking=True)
 
-    def rows(self, idx):
-        "Expression of cells `idx` as a dense float32 tensor on the device."
+    def _raw(self, idx):
         import torch
         if self._Xdev is not None:
             return self._Xdev[torch.as_tensor(idx, device=self._Xdev.device)].to(self.device)
         return self._to_tensor(np.asarray(idx.cpu() if hasattr(idx, "cpu") else idx))
+
+    def rows(self, idx):
+        "Log-normalised expression of cells `idx` as a dense float32 tensor on the device."
+        X = self._raw(idx)
+        if self.counts_layer is None: return X
+        import torch
+        return torch.log1p(X * (self.target_sum / X.sum(1, keepdim=True).clamp_min(1.0)))
+
+    def count_rows(self, idx):
+        "Raw counts of cells `idx` (dense float32 tensor on the device); needs `counts_layer`."
+        if self.counts_layer is None:
+            raise ValueError("this PerturbationData holds log-normalised X; build it with counts_layer='counts'.")
+        return self._raw(idx)
 
     def indices(self, split: str | None = "train", perturbation: str | None = None, controls: bool = False):
         "Cell indices (LongTensor, host) of `split` (None: all): perturbed cells with a label, plus controls if asked."

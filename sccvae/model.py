@@ -23,8 +23,8 @@ from .utils import get_device, torch_save, write_json, write_csv
 log = logging.getLogger("sccvae")
 
 # %% auto #0
-__all__ = ['log', 'PREDICTION_KEY', 'SCCVAE', 'train', 'learned_penetrance', 'set_penetrance', 'resolve_penetrance', 'predict',
-           'get_latent_representation', 'perturbation_embedding', 'select_penetrance', 'save', 'load']
+__all__ = ['log', 'PREDICTION_KEY', 'DECODINGS', 'SCCVAE', 'train', 'learned_penetrance', 'set_penetrance', 'resolve_penetrance',
+           'predict', 'get_latent_representation', 'perturbation_embedding', 'select_penetrance', 'save', 'load']
 
 # %% ../nbs/40_model.ipynb #978b5c1e
 def _version():
@@ -39,8 +39,10 @@ class SCCVAE:
     """Single-cell causal VAE (Liu, Zhang & Uhler 2025) on a registered, normalised AnnData.
 
     `graph`: 'full' (SCCVAE), 'causal' (with `edges`, `nodes`), 'conditional', 'random' (with `density`,
-    `n_edges` or reference `edges`; seeded by `graph_seed`), or a `LatentGraph`. `labels`: perturbation labels
-    (default `perturbation_labels(adata, n_components=n_label_components)`). `split_key`: obs column with
+    `n_edges` or reference `edges`; seeded by `graph_seed`), or a `LatentGraph`. `labels`: a label table indexed by
+    gene symbol (default: every measured gene's row of a PCA over the training control cells, `gene_embedding`, so
+    any measured gene can be predicted by name or by its `var_names` id). `likelihood`: 'mse' (the paper),
+    'gaussian' or 'nb' (raw counts; needs `layers['counts']`), see `SCCVAEModule`. `split_key`: obs column with
     train/val/test (default the registered one, else 'split' if present, else all cells train). Remaining keyword
     arguments go to `SCCVAEModule` (e.g. `n_hidden`, `n_layers`)."""
     def __init__(self, adata: ad.AnnData, graph="full", n_latent: int = 512, *, n_hidden: int = 1024,
@@ -59,11 +61,24 @@ class SCCVAE:
             raise KeyError(f"split_key={split_key!r} is not in adata.obs; write one with `sccvae.data.apply_split` "
                            "or pass split_key=None to train on every cell.")
         self.split_key = split_key
-        if labels is None:
-            labels = scd.perturbation_labels(adata, n_components=n_label_components, seed=label_seed, missing="drop")
-        if not isinstance(labels, pd.DataFrame): raise TypeError("labels must be a DataFrame indexed by perturbation.")
+        if module_kwargs.get("likelihood") == "nb":
+            if "counts" not in adata.layers:
+                raise ValueError("likelihood='nb' needs raw counts in adata.layers['counts']: register the raw-count "
+                                 "AnnData and call `sccvae.data.normalize` (it keeps them), or use likelihood='gaussian'.")
+            if not np.isfinite(float(reg.get("target_sum", float("nan")))):
+                raise ValueError("likelihood='nb' needs an AnnData normalised from raw counts (its input was already "
+                                 "log-normalised); use likelihood='gaussian'.")
+            module_kwargs["target_sum"] = float(reg["target_sum"])
+        if labels is None:   # every measured gene: its row of a PCA over the training control cells
+            labels = scd.gene_embedding(adata, n_components=n_label_components, seed=label_seed, split_key=split_key)
+        if not isinstance(labels, pd.DataFrame): raise TypeError("labels must be a DataFrame indexed by gene symbol.")
         self.labels = labels.astype(np.float32)
         self.labels.index = self.labels.index.astype(str)
+        self.labels = self.labels[~self.labels.index.duplicated()]
+        if not np.isfinite(self.labels.to_numpy()).all():
+            raise ValueError("labels contain NaN or inf; fix the label table (missing genes must be absent, not NaN).")
+        syms = scd.gene_symbols(adata).astype(str)
+        self.gene_ids = {str(v): s for v, s in zip(adata.var_names, syms) if str(v) != s}  # id -> symbol
         if train_perturbations is None:
             t = scd.targets(adata).astype(object)
             ok = t.notna().to_numpy() & (t != scd.CONTROL).to_numpy()
@@ -115,7 +130,8 @@ def _data(self, device=None):
     dev = torch.device(device) if device is not None else self.device
     if self._data is None or self._data.device != dev:
         self._data = scd.PerturbationData(self.adata, labels=self.labels.loc[self.train_perturbations],
-                                          split_key=self.split_key, device=dev)
+                                          split_key=self.split_key, device=dev,
+                                          counts_layer="counts" if self.module.likelihood == "nb" else None)
     return self._data
 
 def train(self, max_epochs: int | None = None, batch_size: int | None = None, *, preset: str = "paper",
@@ -190,58 +206,133 @@ SCCVAE.learned_penetrance, SCCVAE.set_penetrance, SCCVAE.resolve_penetrance = le
 
 # %% ../nbs/40_model.ipynb #1d4b8980
 def _label_rows(self, perturbations, labels=None) -> torch.Tensor:
-    L = self.labels if labels is None else pd.concat([labels.astype(np.float32), self.labels]).pipe(
-        lambda d: d[~d.index.duplicated()])
+    "Label rows of `perturbations` (gene symbols, or `var_names` ids of measured genes); control = zeros."
+    L = self.labels
+    if labels is not None:
+        if not isinstance(labels, pd.DataFrame) or labels.shape[1] != L.shape[1]:
+            raise ValueError(f"labels= must be a DataFrame with {L.shape[1]} columns (the model's label dimension), "
+                             f"indexed by gene symbol.")
+        L = pd.concat([labels.astype(np.float32), L]).pipe(lambda d: d[~d.index.duplicated()])
     rows, missing = [], []
     for p in perturbations:
+        key = p if p in L.index else self.gene_ids.get(p, p)
         if p == scd.CONTROL: rows.append(np.zeros(L.shape[1], np.float32))
-        elif p in L.index: rows.append(L.loc[p].to_numpy(np.float32))
+        elif key in L.index: rows.append(L.loc[key].to_numpy(np.float32))
         else: missing.append(p)
     if missing:
-        raise KeyError(f"{len(missing)} perturbations have no label: {missing[:5]}. Their target is not a measured "
-                       "gene of the training data; pass `labels=` (a DataFrame with their label rows, e.g. from "
-                       "`sccvae.data.perturbation_labels`).")
+        raise KeyError(f"{len(missing)} perturbations have no label: {missing[:5]}. They are not measured genes of "
+                       f"this screen (by symbol or var_names id), so the control-PCA label is undefined for them; "
+                       "pass `labels=` a table with their rows (a gene embedding, genes x "
+                       f"{L.shape[1]}, indexed by symbol).")
     return torch.as_tensor(np.stack(rows), device=self.device)
 
-def _control_latents(self, n_cells: int, seed: int, control_split: str | None = "train", sample: bool = True):
+def _control_latents(self, n_cells: int, seed: int, control_split: str | None = "train", sample: bool = True,
+                     return_index: bool = False):
     "z of `n_cells` random control cells (with replacement) and posterior noise, from a seeded generator."
     data = _data(self)
     pool = data.controls(control_split if self.split_key is not None else None).to(self.device)
     g = torch.Generator(device=self.device).manual_seed(int(seed))
     pick = pool[torch.randint(len(pool), (int(n_cells),), generator=g, device=self.device)]
     mu, var = self.module.encode(data.rows(pick))
-    return self.module.sample_z(mu, var, generator=g) if sample else mu
+    z = self.module.sample_z(mu, var, generator=g) if sample else mu
+    return (z, pick) if return_index else z
+
+#: how predicted cells are made from the decoder: its mean, a draw of the noise model, or counterfactually
+DECODINGS = ("mean", "sample", "counterfactual")
+
+def _nb_sample(rng, mu, theta):
+    "Negative-binomial counts (Gamma–Poisson) with mean `mu` (cells x genes) and inverse dispersion `theta` (genes)."
+    lam = rng.gamma(np.broadcast_to(theta, mu.shape), mu / theta)
+    return rng.poisson(lam).astype(np.float32)
+
+def _counterfactual_counts(rng, k, lib, rho_p, rho_0):
+    """The cell's own counts `k` moved by the decoded change: genes going down are thinned binomially to the
+    fraction rho_p / rho_0; genes going up gain Poisson(lib · (rho_p − rho_0)) new counts (also from zero)."""
+    k = k.astype(np.int64)
+    keep = np.clip(rho_p / np.maximum(rho_0, 1e-12), 0.0, 1.0)
+    gain = np.maximum(rho_p - rho_0, 0.0) * lib[:, None]
+    return (rng.binomial(k, keep) + rng.poisson(gain)).astype(np.float32)
+
+def _lognorm(counts, target_sum):
+    return np.log1p(counts * (target_sum / np.maximum(counts.sum(1, keepdims=True), 1.0))).astype(np.float32)
 
 @torch.no_grad()
 def predict(self, perturbations, n_cells: int = 100, penetrance=None, *, seed: int = 0, labels=None,
-            control_split: str | None = "train", batch_size: int = 8192) -> ad.AnnData:
+            control_split: str | None = "train", batch_size: int = 8192, decoding: str | None = None,
+            clip: bool = True) -> ad.AnnData:
     """Predicted cells (log-normalised expression) for each perturbation: AnnData with the training var_names,
     `obs[perturbation_key]` (and the canonical `obs['_scc_target']`), `obs['penetrance']`, provenance in
-    `uns['sccvae_prediction']`. `penetrance`: None (stored/learned), a float for all, or a dict."""
+    `uns['sccvae_prediction']`. `penetrance`: None (stored/learned), a float for all, or a dict.
+
+    `decoding`: 'mean' (the decoded mean; default for likelihood 'mse', the paper), 'sample' (a draw of the noise
+    model around it; default for 'gaussian' and 'nb') or 'counterfactual' (each cell = its own real control cell
+    plus the decoded change decode(u_p) − decode(u_0) of the same latent; through the counts for 'nb'). For 'nb',
+    sampled and counterfactual cells come with integer counts in `layers['counts']` (library size of the source
+    control cell). `clip`: log-normalised values below 0 (impossible) are set to 0; the fraction is recorded."""
     perts = [str(p) for p in ([perturbations] if isinstance(perturbations, str) else perturbations)]
     if not perts: raise ValueError("no perturbations to predict.")
     mod = self.module.eval()
+    lik = mod.likelihood
+    decoding = ("mean" if lik == "mse" else "sample") if decoding is None else decoding
+    if decoding not in DECODINGS: raise ValueError(f"decoding={decoding!r}: use one of {DECODINGS}.")
+    if decoding == "sample" and lik == "mse":
+        raise ValueError("decoding='sample' needs a noise model: train with likelihood='gaussian' or 'nb', or use "
+                         "decoding='mean' (the paper) or 'counterfactual'.")
     pen = resolve_penetrance(self, perts, penetrance)
     S = mod.shift(_label_rows(self, perts, labels))                               # P x n
     c = torch.as_tensor(pen.penetrance.to_numpy(np.float32), device=self.device)
-    z = _control_latents(self, n_cells, seed, control_split)                     # n_cells x n
+    z, pick = _control_latents(self, n_cells, seed, control_split, return_index=True)   # n_cells x n
     A = mod.adjacency()
     u0 = scm_solve(z, A)                                                          # linear SCM:
     v = scm_solve(c[:, None] * S, A)                                              # u_p = u0 + (c_p S_p)(I-A)^-1
-    out = np.empty((len(perts) * n_cells, self.adata.n_vars), np.float32)
+    data = _data(self)
+    rng = np.random.default_rng([int(seed), 7])
+    if decoding == "counterfactual":
+        h0 = mod.decode(u0).float()
+        x_ctrl = data.rows(pick).float().cpu().numpy()
+    if lik == "nb":
+        k_ctrl = data.count_rows(pick).float().cpu().numpy()
+        lib = k_ctrl.sum(1)
+        theta = mod.theta().float().cpu().numpy()
+        ts = mod.target_sum
+    m = self.adata.n_vars
+    out = np.empty((len(perts) * n_cells, m), np.float32)
+    counts = np.empty_like(out) if lik == "nb" and decoding != "mean" else None
     per = max(1, batch_size // n_cells)
     for s in range(0, len(perts), per):
         u = (u0[None] + v[s:s + per, None]).reshape(-1, u0.shape[1])
-        out[s * n_cells:s * n_cells + len(u)] = mod.decode(u).float().cpu().numpy()
+        h = mod.decode(u).float()
+        q = h.shape[0] // n_cells
+        rows = slice(s * n_cells, s * n_cells + h.shape[0])
+        if decoding == "mean":
+            out[rows] = mod.expected(h).float().cpu().numpy()
+        elif lik == "nb":
+            rho = torch.softmax(h, -1).cpu().numpy()
+            if decoding == "sample":
+                k = _nb_sample(rng, np.tile(lib, q)[:, None] * rho, theta)
+            else:
+                rho0 = torch.softmax(h0, -1).cpu().numpy()
+                k = _counterfactual_counts(rng, np.tile(k_ctrl, (q, 1)), np.tile(lib, q), rho, np.tile(rho0, (q, 1)))
+            counts[rows] = k
+            out[rows] = _lognorm(k, ts)
+        elif decoding == "sample":    # gaussian
+            sd = mod.px_var(h).sqrt().cpu().numpy()
+            out[rows] = h.cpu().numpy() + sd * rng.standard_normal(sd.shape, dtype=np.float32)
+        else:                         # counterfactual, log-normalised scale
+            out[rows] = np.tile(x_ctrl, (q, 1)) + (h - h0.repeat(q, 1)).cpu().numpy()
+    n_neg = int((out < 0).sum())
+    if clip: np.maximum(out, 0.0, out=out)
     lab = pd.Categorical(np.repeat(perts, n_cells), categories=list(dict.fromkeys(perts)))
     obs = pd.DataFrame({self.perturbation_key: lab}, index=[f"sccvae_{i}" for i in range(len(out))])
     obs[scd.TARGET_KEY] = lab
     obs["penetrance"] = np.repeat(pen.penetrance.to_numpy(np.float32), n_cells)
     res = ad.AnnData(out, obs=obs, var=self.adata.var.copy())
+    if counts is not None: res.layers["counts"] = sp.csr_matrix(counts)
     sel = self.shift_selection
     res.uns[PREDICTION_KEY] = dict(
         method="sccvae", version=_version(), graph=self.graph.mode, graph_seed=self.graph.seed,
         n_latent=self.module.n_latent, seed=int(seed), n_cells=int(n_cells), control_split=str(control_split),
+        likelihood=lik, decoding=decoding, clipped_fraction=float(n_neg / max(out.size, 1)) if clip else 0.0,
         perturbations=np.asarray(perts, dtype=object), penetrance=pen.penetrance.to_numpy(np.float64),
         penetrance_source=np.asarray(pen.source.to_numpy(), dtype=object),
         shift_selection_mode=("none" if sel is None else sel.mode),

@@ -12,12 +12,14 @@ from torch import nn
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['PAPER_BANDWIDTHS', 'mlp', 'scm_solve', 'SCCVAEModule', 'gaussian_kl', 'group_layout', 'mmd', 'mmd_broadcast',
-           'sccvae_loss']
+__all__ = ['PAPER_BANDWIDTHS', 'LIKELIHOODS', 'mlp', 'scm_solve', 'SCCVAEModule', 'gaussian_kl', 'group_layout', 'mmd',
+           'mmd_broadcast', 'gaussian_nll', 'nb_nll', 'group_means', 'sccvae_loss']
 
 # %% ../nbs/10_module.ipynb #540413f8
 #: the paper's MMD kernel: a sum of Gaussian kernels exp(-d²/h) with h = 31.25·2^k, k = 0..9 (31.25 … 16,000)
 PAPER_BANDWIDTHS = tuple(31.25 * 2.0 ** k for k in range(10))
+#: observation models of the decoder: the paper's mean ("mse"), Gaussian on log-normalised data, negative binomial on counts
+LIKELIHOODS = ("mse", "gaussian", "nb")
 
 def mlp(sizes, negative_slope: float = 0.2, last_activation: bool = True) -> nn.Sequential:
     "Linear layers of `sizes` with LeakyReLU between them (and after the last one if `last_activation`)."
@@ -40,14 +42,25 @@ def scm_solve(e: torch.Tensor, A: torch.Tensor | None) -> torch.Tensor:
 class SCCVAEModule(nn.Module):
     """SCCVAE network (torch only).
 
+    `likelihood`: 'mse' (the paper: the decoder gives a mean, trained by MSE + MMD), 'gaussian' (log-normalised
+    data scatter around the decoded mean with a learned per-gene variance; `var_model='gene_mean'` lets the
+    log-variance depend linearly on the mean) or 'nb' (raw counts: negative binomial with mean = library size ·
+    softmax(decoder output) and a per-gene inverse dispersion θ; `target_sum` is the normalisation's scale).
     `n_genes` m, `n_labels` label dimension d, `n_perturbations` number of training perturbations (one learned
     penetrance each), `mask` (n_latent x n_latent strictly upper-triangular 0/1; None = full graph).
     Weights are initialised from `seed` without touching torch's global RNG."""
     def __init__(self, n_genes: int, n_labels: int, n_perturbations: int, mask=None, *, n_latent: int = 512,
                  n_hidden: int = 1024, n_layers: int = 2, negative_slope: float = 0.2, var_eps: float = 1e-4,
-                 b_init_std: float = 0.1, c_init: float = 1.0, seed: int = 0):
+                 b_init_std: float = 0.1, c_init: float = 1.0, seed: int = 0, likelihood: str = "mse",
+                 var_model: str = "gene", target_sum: float = 1e4):
         super().__init__()
         if n_layers < 1: raise ValueError(f"n_layers={n_layers} must be >= 1.")
+        if likelihood not in LIKELIHOODS:
+            raise ValueError(f"likelihood={likelihood!r}: use one of {LIKELIHOODS} ('mse' = the paper's decoder).")
+        if var_model not in ("gene", "gene_mean"):
+            raise ValueError(f"var_model={var_model!r}: use 'gene' (one variance per gene) or 'gene_mean' (log-variance "
+                             "linear in the predicted mean, per gene).")
+        self.likelihood, self.var_model, self.target_sum = likelihood, var_model, float(target_sum)
         self.n_genes, self.n_labels, self.n_latent = int(n_genes), int(n_labels), int(n_latent)
         self.n_perturbations, self.var_eps = int(n_perturbations), float(var_eps)
         if mask is None: mask = torch.triu(torch.ones(n_latent, n_latent), 1)
@@ -66,6 +79,13 @@ class SCCVAEModule(nn.Module):
             self.B = nn.Parameter(torch.randn(n_latent, n_latent) * b_init_std)
             self.decoder = mlp([n_latent] + hid + [n_genes], negative_slope, last_activation=False)
         self.penetrance = nn.Parameter(torch.full((self.n_perturbations,), float(c_init)))
+        # observation model: per-gene log-variance (gaussian; + slope on the mean for 'gene_mean') or log inverse
+        # dispersion θ (nb); the paper's 'mse' decoder has no noise parameters
+        if likelihood == "gaussian":
+            self.px_logvar = nn.Parameter(torch.zeros(self.n_genes))
+            if var_model == "gene_mean": self.px_logvar_slope = nn.Parameter(torch.zeros(self.n_genes))
+        elif likelihood == "nb":
+            self.px_log_theta = nn.Parameter(torch.full((self.n_genes,), math.log(10.0)))
         self.register_buffer("mask", mask)
         # fixed affine map of the labels before the shift encoder; identity (the paper) unless set
         self.register_buffer("label_mean", torch.zeros(self.n_labels))
@@ -135,7 +155,29 @@ class SCCVAEModule(nn.Module):
         return scm_solve(e, self.adjacency())
 
     def decode(self, u):
+        "Decoder output: the expression mean (log-normalised; 'mse', 'gaussian') or the logits of ρ ('nb')."
         return self.decoder(u)
+
+    def expected(self, h):
+        """Expected expression on the log-normalised scale from a decoder output `h`: `h` itself ('mse',
+        'gaussian'), `log1p(target_sum · softmax(h))` ('nb')."""
+        if self.likelihood == "nb": return torch.log1p(self.target_sum * torch.softmax(h.float(), -1))
+        return h
+
+    def decode_mean(self, u):
+        "`expected(decode(u))`: what shift selection and pseudo-bulk comparisons use."
+        return self.expected(self.decode(u))
+
+    def px_var(self, mean):
+        "Per-gene observation variance of the Gaussian model at predicted `mean` (cells x genes)."
+        if self.likelihood != "gaussian": raise ValueError(f"px_var is for likelihood='gaussian', not {self.likelihood!r}.")
+        lv = self.px_logvar
+        if self.var_model == "gene_mean": lv = lv + self.px_logvar_slope * mean.float()
+        return torch.exp(lv.clamp(-12.0, 6.0)).expand(mean.shape)
+
+    def theta(self):
+        "Inverse dispersion θ per gene of the negative binomial."
+        return torch.exp(self.px_log_theta.clamp(-8.0, 12.0))
 
     def sample_z(self, mu, var, *, generator=None, noise=None):
         "Reparameterised draw; `noise` (same shape) or a torch `generator` makes it reproducible."
@@ -160,9 +202,17 @@ class SCCVAEModule(nn.Module):
             U = self.scm(torch.cat([e, z]))
             u, u0 = U[:B], U[B:]
             out = self.decode(U)
-            return dict(mu=mu, var=var, z=z, shift=S, u=u, u0=u0, y_hat=out[:B], x_hat=out[B:])
-        u = self.scm(e)
-        return dict(mu=mu, var=var, z=z, shift=S, u=u, y_hat=self.decode(u))
+            res = dict(mu=mu, var=var, z=z, shift=S, u=u, u0=u0, y_hat=out[:B], x_hat=out[B:])
+        else:
+            u = self.scm(e)
+            res = dict(mu=mu, var=var, z=z, shift=S, u=u, y_hat=self.decode(u))
+        res["likelihood"] = self.likelihood
+        if self.likelihood == "gaussian":
+            res["y_var"] = self.px_var(res["y_hat"])
+            if reconstruct: res["x_var"] = self.px_var(res["x_hat"])
+        elif self.likelihood == "nb":
+            res["theta"], res["target_sum"] = self.theta(), self.target_sum
+        return res
 
 # %% ../nbs/10_module.ipynb #595f6675
 def gaussian_kl(mu, var):
@@ -225,16 +275,66 @@ def mmd_broadcast(pred, obs, bandwidths=PAPER_BANDWIDTHS):
     return K[:n, :n].mean() + K[n:, n:].mean() - 2 * K[:n, n:].mean()
 
 # %% ../nbs/10_module.ipynb #80425206
-def sccvae_loss(out: dict, x, y, *, beta: float, gamma: float = 10.0, recon_scale: float = 0.25,
-                bandwidths=PAPER_BANDWIDTHS, group=None, layout=None):
-    """Training loss of one step: `recon_scale`·MSE(x̂, x) + MSE(ŷ, y) + `beta`·KL + `gamma`·MMD²(ŷ, y).
+def gaussian_nll(x, mean, var):
+    "Gaussian negative log-likelihood per entry (without the constant ½ log 2π)."
+    return 0.5 * (var.log() + (x.float() - mean.float()).pow(2) / var)
 
-    `x`: the encoded control cells, `y`: the observed cells of the batch (unpaired with `x`). Returns the loss and
-    a dict of its (detached) parts. All in float32."""
+def nb_nll(k, mu, theta, eps: float = 1e-8):
+    "Negative-binomial negative log-likelihood per entry of counts `k` with mean `mu` and inverse dispersion `theta`."
+    k, mu = k.float(), mu.float()
+    log_theta_mu = torch.log(theta + mu + eps)
+    ll = (theta * (torch.log(theta + eps) - log_theta_mu) + k * (torch.log(mu + eps) - log_theta_mu)
+          + torch.lgamma(k + theta) - torch.lgamma(theta) - torch.lgamma(k + 1))
+    return -ll
+
+def group_means(t, group=None, layout=None):
+    "Mean row of `t` per group (G x m); one group when neither `group` nor `layout` is given."
+    if group is None and layout is None: return t.float().mean(0, keepdim=True)
+    G, L, slot, counts = layout if layout is not None else group_layout(group)
+    gid = (slot // L).to(t.device)
+    s = t.new_zeros(G, t.shape[1], dtype=torch.float32).index_add(0, gid, t.float())
+    return s / counts.to(t.device).float()[:, None]
+
+def sccvae_loss(out: dict, x, y, *, beta: float, gamma: float = 10.0, recon_scale: float = 0.25,
+                bandwidths=PAPER_BANDWIDTHS, group=None, layout=None, x_counts=None, y_counts=None,
+                generator=None):
+    """Training loss of one step, by the module's observation model (`out["likelihood"]`):
+
+    - 'mse' (the paper): `recon_scale`·MSE(x̂, x) + MSE(ŷ, y) + `beta`·KL + `gamma`·MMD²(ŷ, y).
+    - 'gaussian': `recon_scale`·NLL(x | x̂, σ²) + MSE of the per-perturbation MEAN of ŷ against that of y + `beta`·KL
+      + `gamma`·MMD²(ŷ + σε, y): the control branch is paired (a reconstruction), so it fits the noise; the
+      perturbed cells are unpaired with the encoded controls, so only their mean and their distribution are matched.
+    - 'nb': `recon_scale`·NB-NLL(x_counts | l_x·softmax(x̂), θ) + MSE between log1p(target_sum · mean ρ) and
+      log1p(target_sum · mean(y_counts / l_y)) per perturbation + `beta`·KL (no MMD: counts are not differentiable).
+
+    `x`: the encoded control cells (log-normalised), `y`: the observed cells of the batch. Returns the loss and a
+    dict of its detached parts `loss, recon, pert, kl, mmd`. All in float32."""
+    lik = out.get("likelihood", "mse")
     y_hat, x_hat = out["y_hat"].float(), out["x_hat"].float()
-    mse_ctrl = F.mse_loss(x_hat, x.float())
-    mse = F.mse_loss(y_hat, y.float())
     kl = gaussian_kl(out["mu"], out["var"])
-    d = mmd(y_hat, y, bandwidths, group=group, layout=layout)
-    loss = recon_scale * mse_ctrl + mse + beta * kl + gamma * d
-    return loss, dict(loss=loss.detach(), mse_ctrl=mse_ctrl.detach(), mse=mse.detach(), kl=kl.detach(), mmd=d.detach())
+    zero = y_hat.new_zeros(())
+    if lik == "mse":
+        recon = F.mse_loss(x_hat, x.float())
+        pert = F.mse_loss(y_hat, y.float())
+        d = mmd(y_hat, y, bandwidths, group=group, layout=layout)
+    elif lik == "gaussian":
+        recon = gaussian_nll(x, x_hat, out["x_var"]).mean()
+        pert = (group_means(y_hat, group, layout) - group_means(y, group, layout)).pow(2).mean()
+        if gamma:
+            eps = torch.randn(y_hat.shape, generator=generator, device=y_hat.device, dtype=y_hat.dtype)
+            d = mmd(y_hat + out["y_var"].sqrt() * eps, y, bandwidths, group=group, layout=layout)
+        else: d = zero
+    elif lik == "nb":
+        if x_counts is None or y_counts is None:
+            raise ValueError("likelihood='nb' needs the raw counts of the batch (x_counts, y_counts).")
+        theta = out["theta"]
+        lx = x_counts.float().sum(1, keepdim=True)
+        recon = nb_nll(x_counts, lx * torch.softmax(x_hat, -1), theta).mean()
+        ts = out.get("target_sum", 1e4)
+        rho = torch.softmax(y_hat, -1)
+        frac = y_counts.float() / y_counts.float().sum(1, keepdim=True).clamp_min(1.0)
+        pert = (torch.log1p(ts * group_means(rho, group, layout)) - torch.log1p(ts * group_means(frac, group, layout))).pow(2).mean()
+        d = zero
+    else: raise ValueError(f"unknown likelihood {lik!r}.")
+    loss = recon_scale * recon + pert + beta * kl + gamma * d
+    return loss, dict(loss=loss.detach(), recon=recon.detach(), pert=pert.detach(), kl=kl.detach(), mmd=d.detach())

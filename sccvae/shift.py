@@ -107,7 +107,7 @@ def penetrance_errors(module, z, S, targets, grid, *, max_rows: int = 65536) -> 
     for s in range(0, Q, per):
         vq = v[s:s + per]
         u = u0[None, None] + grid[None, :, None, None] * vq[:, None, None, :]   # q x C x B x n
-        mean = module.decode(u.reshape(-1, u.shape[-1])).float().view(len(vq), C, B, -1).mean(2)
+        mean = module.decode_mean(u.reshape(-1, u.shape[-1])).float().view(len(vq), C, B, -1).mean(2)
         err[s:s + per] = (mean - targets[s:s + per, None].float()).pow(2).mean(-1)
     return err
 

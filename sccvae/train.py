@@ -112,12 +112,14 @@ def _autocast(device, precision):
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return torch.autocast(dev.type, enabled=False)
 
-def forward_loss(module, x, y, labels_g, index, c, *, beta, cfg: TrainConfig, layout=None, generator=None):
-    "Forward pass and loss of one batch (shared by training and validation)."
+def forward_loss(module, x, y, labels_g, index, c, *, beta, cfg: TrainConfig, layout=None, generator=None,
+                 x_counts=None, y_counts=None):
+    "Forward pass and loss of one batch (shared by training and validation); counts for the 'nb' likelihood."
     with _autocast(x.device, cfg.precision):
         out = module(x, labels_g, c, index=index, generator=generator)
     return sccvae_loss(out, x, y, beta=beta, gamma=cfg.gamma, recon_scale=cfg.recon_scale,
-                       bandwidths=cfg.bandwidths, layout=layout)
+                       bandwidths=cfg.bandwidths, layout=layout, x_counts=x_counts, y_counts=y_counts,
+                       generator=generator)
 
 def clip_global_(params, max_norm: float):
     """Clip the global gradient norm to `max_norm`. On the CPU the rescaling pass is skipped when the norm is
@@ -132,9 +134,10 @@ def clip_global_(params, max_norm: float):
     return norm
 
 def training_step(module, optimizer, x, y, labels_g, index, c, *, beta, cfg: TrainConfig, layout=None,
-                  generator=None) -> dict:
+                  generator=None, x_counts=None, y_counts=None) -> dict:
     "One optimiser step; returns the detached loss parts (device tensors, no sync)."
-    loss, parts = forward_loss(module, x, y, labels_g, index, c, beta=beta, cfg=cfg, layout=layout, generator=generator)
+    loss, parts = forward_loss(module, x, y, labels_g, index, c, beta=beta, cfg=cfg, layout=layout, generator=generator,
+                               x_counts=x_counts, y_counts=y_counts)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if cfg.clip_norm is not None:
@@ -146,7 +149,9 @@ def training_step(module, optimizer, x, y, labels_g, index, c, *, beta, cfg: Tra
     return parts
 
 # %% ../nbs/20_train.ipynb #56006033
-_PARTS = ("loss", "mse_ctrl", "mse", "kl", "mmd")
+#: loss parts in the history: total, control reconstruction (MSE, or NLL for a noise model), perturbed-cell term
+#: (per-cell MSE for 'mse', per-perturbation mean MSE otherwise), KL, MMD²
+_PARTS = ("loss", "recon", "pert", "kl", "mmd")
 
 class Trainer:
     """Fit `module` on `data` (a `sccvae.data.PerturbationData` whose perturbation codes index the module's
@@ -172,9 +177,12 @@ class Trainer:
         if self.val_sampler is None:
             warnings.warn("no validation cells: the best checkpoint is the last epoch.")
         self.labels0 = torch.cat([data.labels, data.labels.new_zeros(1, data.labels.shape[1])])  # row -1: control
+        self.counts = getattr(module, "likelihood", "mse") == "nb"
+        if self.counts and getattr(data, "counts_layer", None) is None:
+            raise ValueError("likelihood='nb' trains on raw counts: build the PerturbationData with counts_layer='counts'.")
         if int(self.module.n_steps) == 0:   # data-dependent initialisation of an untrained module (options)
             if cfg.standardize_labels: self.module.standardize_labels_(data.labels)  # training perturbations only
-            if cfg.init_decoder_bias: self.module.init_decoder_bias_(self._control_mean())
+            if cfg.init_decoder_bias: self._init_decoder()
         self.optimizer = make_optimizer(self.module, cfg, self.device)
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
         self.history: list[dict] = []
@@ -183,13 +191,38 @@ class Trainer:
         self.epoch = -1  # last completed epoch
 
     @torch.no_grad()
-    def _control_mean(self, chunk: int = 4096) -> torch.Tensor:
-        "Mean expression of the training control pool (in chunks: the pool may not fit densely)."
-        tot = None
+    def _control_moments(self, chunk: int = 4096, fractions: bool = False):
+        """Mean and variance per gene of the training control pool (in chunks: the pool may not fit densely);
+        `fractions`: of count / library size instead of the log-normalised expression."""
+        s1 = s2 = None
         for s in range(0, len(self.pool), chunk):
-            part = self.data.rows(self.pool[s:s + chunk]).float().sum(0)
-            tot = part if tot is None else tot + part
-        return tot / len(self.pool)
+            idx = self.pool[s:s + chunk]
+            if fractions:
+                k = self.data.count_rows(idx).float(); v = k / k.sum(1, keepdim=True).clamp_min(1.0)
+            else: v = self.data.rows(idx).float()
+            a, b = v.sum(0), v.pow(2).sum(0)
+            s1, s2 = (a, b) if s1 is None else (s1 + a, s2 + b)
+        n = len(self.pool)
+        mean = s1 / n
+        return mean, (s2 / n - mean.pow(2)).clamp_min(0)
+
+    def _control_mean(self) -> torch.Tensor:
+        "Mean log-normalised expression of the training control pool."
+        return self._control_moments()[0]
+
+    @torch.no_grad()
+    def _init_decoder(self):
+        """Start the decoder at the controls: output bias = their mean (log-normalised), or the log of their mean
+        expression fractions ('nb'); a Gaussian noise model starts at half their per-gene variance."""
+        mod = self.module
+        if self.counts:
+            frac, _ = self._control_moments(fractions=True)
+            mod.init_decoder_bias_(torch.log(frac.clamp_min(1e-8)))
+            return
+        mean, var = self._control_moments()
+        mod.init_decoder_bias_(mean)
+        if getattr(mod, "likelihood", "mse") == "gaussian":
+            mod.px_logvar.copy_(torch.log((0.5 * var).clamp_min(1e-4)).to(mod.px_logvar.device))
 
     # --- batches -----------------------------------------------------------------------------------------
     def _batch(self, idx, generator):
@@ -198,10 +231,15 @@ class Trainer:
         labels_g = self.labels0[uniq.to(self.device)]  # code -1 -> the last (zero) row
         index = inv.to(self.device)
         c = self.module.penetrance_of(codes.to(self.device))
-        y = self.data.rows(idx)
         pick = torch.randint(len(self.pool), (len(idx),), generator=generator, device=self.device)
+        if self.counts:
+            yc, xc = self.data.count_rows(idx), self.data.count_rows(self.pool[pick])
+            y = torch.log1p(yc * (self.data.target_sum / yc.sum(1, keepdim=True).clamp_min(1.0)))
+            x = torch.log1p(xc * (self.data.target_sum / xc.sum(1, keepdim=True).clamp_min(1.0)))
+            return x, y, labels_g, index, c, layout, dict(x_counts=xc, y_counts=yc)
+        y = self.data.rows(idx)
         x = self.data.rows(self.pool[pick])
-        return x, y, labels_g, index, c, layout
+        return x, y, labels_g, index, c, layout, {}
 
     # --- epochs ------------------------------------------------------------------------------------------
     def _train_epoch(self, epoch):
@@ -214,9 +252,9 @@ class Trainer:
             if cfg.lr_schedule != "constant":
                 lr = cfg.lr * cfg.lr_factor((epoch * steps + i) / total)
                 for g in self.optimizer.param_groups: g["lr"] = lr
-            x, y, lg, index, c, layout = self._batch(idx, self.generator)
+            x, y, lg, index, c, layout, cnt = self._batch(idx, self.generator)
             parts = training_step(mod, self.optimizer, x, y, lg, index, c, beta=beta, cfg=cfg, layout=layout,
-                                  generator=self.generator)
+                                  generator=self.generator, **cnt)
             acc += torch.stack([parts[k] for k in _PARTS]); n += 1
             if (i + 1) % cfg.check_every == 0: self._check(acc, epoch, i)
         self._check(acc, epoch, n)
@@ -237,13 +275,19 @@ class Trainer:
         gen = torch.Generator(device=self.device).manual_seed(cfg.seed + 1_000_003)
         acc = torch.zeros(len(_PARTS), device=self.device); n = 0
         for idx in self.val_sampler:
-            x, y, lg, index, c, layout = self._batch(idx, gen)
-            _, parts = forward_loss(mod, x, y, lg, index, c, beta=cfg.beta(epoch), cfg=cfg, layout=layout, generator=gen)
+            x, y, lg, index, c, layout, cnt = self._batch(idx, gen)
+            _, parts = forward_loss(mod, x, y, lg, index, c, beta=cfg.beta(epoch), cfg=cfg, layout=layout, generator=gen,
+                                    **cnt)
             acc += torch.stack([parts[k] for k in _PARTS]); n += 1
         mod.train(was)
         out = dict(zip(_PARTS, (acc / max(n, 1)).tolist()))
-        out["score"] = out["mmd"] + out["kl"]  # the paper's model selection: val MMD + KL
+        out["score"] = self._score(out)
         return out
+
+    def _score(self, parts: dict) -> float:
+        "Model-selection score: val MMD + KL (the paper) for 'mse'; the unweighted sum of all parts for noise models."
+        if getattr(self.module, "likelihood", "mse") == "mse": return parts["mmd"] + parts["kl"]
+        return parts["recon"] + parts["pert"] + parts["kl"] + parts["mmd"]
 
     # --- checkpoints -------------------------------------------------------------------------------------
     def state(self) -> dict:
@@ -305,7 +349,7 @@ class Trainer:
             tr, beta = self._train_epoch(epoch)
             va = self.validate(epoch)
             self.epoch = epoch
-            metric = va.get("score", tr["mmd"] + tr["kl"])
+            metric = va.get("score", self._score(tr))
             improved = metric < self.best["metric"] if (self.val_sampler is not None and cfg.keep == "best") else True
             if improved: self.best = dict(metric=float(metric), epoch=epoch)
             row = dict(epoch=epoch, beta=beta, lr=float(self.optimizer.param_groups[0]["lr"]), **{f"train_{k}": v for k, v in tr.items()},

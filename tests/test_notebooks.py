@@ -14,4 +14,4 @@ def test_notebook(nb, monkeypatch):
     monkeypatch.chdir(NBS)
     monkeypatch.setenv("IN_TEST", "1")
     ok, secs = nbt.test_nb(nb, skip_flags=["notest", "slow", "gpu"], do_print=False, basepath=str(NBS))
-    assert ok, f"notebook {nb.name} failed (run `nbdev-test --path {nb}` to see the traceback)"
+    assert ok, f"notebook {nb.name} failed (run `nbdev-test {nb}` to see the traceback)"
