@@ -4,6 +4,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install -q torch==2.13.0              # the CPU wheel; a bare `torch` would pull a multi-GB CUDA build
 python -m pip install -q -e ".[dev]"
+# the versions this run resolved, in the log, so a later red run can be diffed against the last green one
+echo "== python $(python -c 'import sys; print(sys.version.split()[0])'); resolved packages:"
+python -m pip freeze --exclude-editable | tr '\n' ' '; echo
 nbdev-export
 nbdev-clean
 if [[ -n "$(git status --porcelain -uno 2>/dev/null)" ]]; then
