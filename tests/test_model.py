@@ -146,3 +146,44 @@ def test_train_default_is_paper(trained):
     tc = model.train_config
     assert tc["preset"] == "paper" and tc["gamma"] == 10.0 and tc["adam_eps"] == 1e-2 and tc["lr"] == 5e-4
     assert tc["lr_schedule"] == "constant" and not model.module.labels_standardized
+
+
+def test_measured_gene_by_symbol_or_id_and_unmeasured_error(trained):
+    adata, model, unseen = trained
+    perturbed = set(adata.obs["_scc_target"].astype(str))
+    never = [g for g in model.labels.index if g not in perturbed][0]
+    p = model.predict([never], n_cells=3, penetrance=1.0)
+    assert p.obs["gene"].tolist() == [never] * 3
+    # by var_names id (the simulated screen has Ensembl-style ids with symbols in var["gene_name"])
+    j = list(D.gene_symbols(adata)).index(never)
+    assert adata.var_names[j] != never
+    by_id = model.predict([adata.var_names[j]], n_cells=3, penetrance=1.0)
+    np.testing.assert_array_equal(np.asarray(by_id.X), np.asarray(p.X))
+    with pytest.raises(KeyError, match="not measured genes"):
+        model.predict(["NOT_A_GENE"], n_cells=3, penetrance=1.0)
+
+
+@pytest.mark.parametrize("lik", ["gaussian", "nb"])
+def test_noise_models_save_load_and_valid_cells(trained, tmp_path, lik):
+    adata, _, unseen = trained
+    m = SCCVAE(adata, n_latent=8, n_hidden=32, n_label_components=8, likelihood=lik)
+    m.train(max_epochs=2, pack=4, progress=False, accelerator="cpu", preset="fast")
+    assert np.isfinite(m.history.filter(like="train_").to_numpy()).all()
+    for dec in ("sample", "counterfactual", "mean"):
+        p = m.predict(unseen, n_cells=6, penetrance=1.0, seed=3, decoding=dec)
+        assert (np.asarray(p.X) >= 0).all() and np.isfinite(np.asarray(p.X)).all()
+        assert p.uns["sccvae_prediction"]["decoding"] == dec
+        assert ("counts" in p.layers) == (lik == "nb" and dec != "mean")
+    m.save(tmp_path / "m")
+    m2 = SCCVAE.load(tmp_path / "m", adata)
+    assert m2.module.likelihood == lik
+    a, b = (x.predict(unseen, n_cells=6, penetrance=1.0, seed=3).X for x in (m, m2))
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+
+
+def test_nb_needs_counts(trained):
+    adata, _, _ = trained
+    a = adata.copy()
+    del a.layers["counts"]
+    with pytest.raises(ValueError, match="raw counts"):
+        SCCVAE(a, n_latent=8, n_hidden=32, likelihood="nb")
