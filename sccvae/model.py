@@ -305,7 +305,7 @@ def predict(self, perturbations, n_cells: int = 100, penetrance=None, *, seed: i
         q = h.shape[0] // n_cells
         rows = slice(s * n_cells, s * n_cells + h.shape[0])
         if decoding == "mean":
-            out[rows] = mod.expected(h).float().cpu().numpy()
+            out[rows] = mod.expected(h, None if lik != "nb" else torch.as_tensor(np.tile(lib, q))).float().cpu().numpy()
         elif lik == "nb":
             rho = torch.softmax(h, -1).cpu().numpy()
             if decoding == "sample":

@@ -158,15 +158,23 @@ class SCCVAEModule(nn.Module):
         "Decoder output: the expression mean (log-normalised; 'mse', 'gaussian') or the logits of ρ ('nb')."
         return self.decoder(u)
 
-    def expected(self, h):
+    def expected(self, h, library=None):
         """Expected expression on the log-normalised scale from a decoder output `h`: `h` itself ('mse',
-        'gaussian'), `log1p(target_sum · softmax(h))` ('nb')."""
-        if self.likelihood == "nb": return torch.log1p(self.target_sum * torch.softmax(h.float(), -1))
-        return h
+        'gaussian'); for 'nb' E[log1p(target_sum · K / l)] with K ~ NB(l·ρ, θ), ρ = softmax(h), by the hurdle
+        approximation (1 − p₀)·log1p(target_sum · E[K | K > 0] / l), p₀ = P(K = 0): exact when K is 0 or 1 (sparse
+        genes) and the delta method when p₀ ≈ 0. `library` (cells,): each cell's l; None gives log1p(target_sum · ρ)."""
+        if self.likelihood != "nb": return h
+        rho = torch.softmax(h.float(), -1)
+        if library is None: return torch.log1p(self.target_sum * rho)
+        lib = torch.as_tensor(library, dtype=torch.float32, device=h.device).reshape(-1, 1)
+        mu, th = lib * rho, self.theta()
+        p0 = torch.exp(th * (torch.log(th) - torch.log(th + mu)))
+        pos = (1 - p0).clamp_min(1e-12)
+        return pos * torch.log1p(self.target_sum * mu / (pos * lib))
 
-    def decode_mean(self, u):
-        "`expected(decode(u))`: what shift selection and pseudo-bulk comparisons use."
-        return self.expected(self.decode(u))
+    def decode_mean(self, u, library=None):
+        "`expected(decode(u), library)`: what shift selection and pseudo-bulk comparisons use."
+        return self.expected(self.decode(u), library)
 
     def px_var(self, mean):
         "Per-gene observation variance of the Gaussian model at predicted `mean` (cells x genes)."

@@ -94,9 +94,10 @@ class ShiftSelection:
 
 # %% ../nbs/21_shift.ipynb #3a5a42e4
 @torch.no_grad()
-def penetrance_errors(module, z, S, targets, grid, *, max_rows: int = 65536) -> torch.Tensor:
+def penetrance_errors(module, z, S, targets, grid, *, max_rows: int = 65536, library=None) -> torch.Tensor:
     """Pseudo-bulk MSE for every (perturbation, candidate c): decode `(z + c S_q)(I - A)^{-1}` for the shared latent
-    draws `z` (B x n), average over the B cells and compare with `targets` (Q x m). Returns Q x C."""
+    draws `z` (B x n), average over the B cells and compare with `targets` (Q x m). Returns Q x C. `library`: the B cells'
+    library sizes (count likelihood: the expected log-normalised value depends on them)."""
     A = module.adjacency()
     u0 = scm_solve(z.float(), A)                       # B x n
     v = scm_solve(S.float(), A)                        # Q x n
@@ -107,7 +108,8 @@ def penetrance_errors(module, z, S, targets, grid, *, max_rows: int = 65536) -> 
     for s in range(0, Q, per):
         vq = v[s:s + per]
         u = u0[None, None] + grid[None, :, None, None] * vq[:, None, None, :]   # q x C x B x n
-        mean = module.decode_mean(u.reshape(-1, u.shape[-1])).float().view(len(vq), C, B, -1).mean(2)
+        lib = None if library is None else torch.as_tensor(library, device=z.device).repeat(len(vq) * C)
+        mean = module.decode_mean(u.reshape(-1, u.shape[-1]), lib).float().view(len(vq), C, B, -1).mean(2)
         err[s:s + per] = (mean - targets[s:s + per, None].float()).pow(2).mean(-1)
     return err
 
@@ -178,9 +180,10 @@ def select_penetrance(model, perturbations=None, *, mode: str = "holdout", adata
     dev = model.device
     from sccvae.model import _control_latents, _label_rows
     with torch.no_grad():
-        z = _control_latents(model, n_cells, seed, control_split)
+        z, pick = _control_latents(model, n_cells, seed, control_split, return_index=True)
+        lib = model._data.count_rows(pick).sum(1) if mod.likelihood == "nb" else None
         S = mod.shift(_label_rows(model, perts))
-        E = penetrance_errors(mod, z, S, torch.as_tensor(T, device=dev), grid).cpu().numpy().astype(np.float64)
+        E = penetrance_errors(mod, z, S, torch.as_tensor(T, device=dev), grid, library=lib).cpu().numpy().astype(np.float64)
     errors = pd.DataFrame(E, index=pd.Index(perts, name="perturbation"), columns=list(map(float, grid)))
     chosen = pd.Series(grid[E.argmin(1)], index=errors.index, name="penetrance")
     res = ShiftSelection(mode, chosen, errors, grid, int(n_cells), int(seed), selection_cells)
