@@ -34,6 +34,8 @@ def _version():
     except Exception: return "unknown"
 
 PREDICTION_KEY = "sccvae_prediction"
+#: how predicted cells are made from the decoder: its mean, a draw of the noise model, or counterfactually
+DECODINGS = ("mean", "sample", "counterfactual")
 
 class SCCVAE:
     """Single-cell causal VAE (Liu, Zhang & Uhler 2025) on a registered, normalised AnnData.
@@ -42,14 +44,15 @@ class SCCVAE:
     `n_edges` or reference `edges`; seeded by `graph_seed`), or a `LatentGraph`. `labels`: a label table indexed by
     gene symbol (default: every measured gene's row of a PCA over the training control cells, `gene_embedding`, so
     any measured gene can be predicted by name or by its `var_names` id). `likelihood`: 'mse' (the paper),
-    'gaussian' or 'nb' (raw counts; needs `layers['counts']`), see `SCCVAEModule`. `split_key`: obs column with
+    'gaussian' or 'nb' (raw counts; needs `layers['counts']`), see `SCCVAEModule`. `decoding`: how `predict` makes
+    cells by default ('mean' for 'mse', else 'sample'; or 'counterfactual'), see `predict`. `split_key`: obs column with
     train/val/test (default the registered one, else 'split' if present, else all cells train). Remaining keyword
     arguments go to `SCCVAEModule` (e.g. `n_hidden`, `n_layers`)."""
     def __init__(self, adata: ad.AnnData, graph="full", n_latent: int = 512, *, n_hidden: int = 1024,
                  n_layers: int = 2, labels: pd.DataFrame | None = None, n_label_components: int = 50,
                  label_seed: int = 0, edges=None, nodes=None, density: float | None = None,
                  n_edges: int | None = None, graph_seed: int = 0, split_key: str | None = "auto", seed: int = 0,
-                 train_perturbations: list[str] | None = None, **module_kwargs):
+                 train_perturbations: list[str] | None = None, decoding: str | None = None, **module_kwargs):
         reg = scd.get_registry(adata)
         if not reg.get("normalized"):
             raise ValueError("the AnnData is registered but not normalised: call `sccvae.data.normalize(adata)` "
@@ -61,7 +64,12 @@ class SCCVAE:
             raise KeyError(f"split_key={split_key!r} is not in adata.obs; write one with `sccvae.data.apply_split` "
                            "or pass split_key=None to train on every cell.")
         self.split_key = split_key
-        if module_kwargs.get("likelihood") == "nb":
+        lik = module_kwargs.get("likelihood", "mse")
+        self.decoding = ("mean" if lik == "mse" else "sample") if decoding is None else decoding
+        if self.decoding not in DECODINGS: raise ValueError(f"decoding={decoding!r}: use one of {DECODINGS}.")
+        if self.decoding == "sample" and lik == "mse":
+            raise ValueError("decoding='sample' needs a noise model: likelihood='gaussian' or 'nb'.")
+        if lik == "nb":
             if "counts" not in adata.layers:
                 raise ValueError("likelihood='nb' needs raw counts in adata.layers['counts']: register the raw-count "
                                  "AnnData and call `sccvae.data.normalize` (it keeps them), or use likelihood='gaussian'.")
@@ -97,7 +105,8 @@ class SCCVAE:
         self.var_names = adata.var_names.copy()
         self.init_params = dict(n_latent=int(n_latent), n_hidden=int(n_hidden), n_layers=int(n_layers),
                                 n_label_components=int(self.labels.shape[1]), label_seed=int(label_seed),
-                                graph_seed=int(graph_seed), split_key=split_key, seed=int(seed), **module_kwargs)
+                                graph_seed=int(graph_seed), split_key=split_key, seed=int(seed), decoding=self.decoding,
+                                **module_kwargs)
         self.module = SCCVAEModule(adata.n_vars, self.labels.shape[1], len(self.train_perturbations),
                                    self.graph.mask, n_latent=n_latent, n_hidden=n_hidden, n_layers=n_layers,
                                    seed=seed, **module_kwargs)
@@ -237,9 +246,6 @@ def _control_latents(self, n_cells: int, seed: int, control_split: str | None = 
     z = self.module.sample_z(mu, var, generator=g) if sample else mu
     return (z, pick) if return_index else z
 
-#: how predicted cells are made from the decoder: its mean, a draw of the noise model, or counterfactually
-DECODINGS = ("mean", "sample", "counterfactual")
-
 def _nb_sample(rng, mu, theta):
     "Negative-binomial counts (Gamma–Poisson) with mean `mu` (cells x genes) and inverse dispersion `theta` (genes)."
     lam = rng.gamma(np.broadcast_to(theta, mu.shape), mu / theta)
@@ -264,8 +270,8 @@ def predict(self, perturbations, n_cells: int = 100, penetrance=None, *, seed: i
     `obs[perturbation_key]` (and the canonical `obs['_scc_target']`), `obs['penetrance']`, provenance in
     `uns['sccvae_prediction']`. `penetrance`: None (stored/learned), a float for all, or a dict.
 
-    `decoding`: 'mean' (the decoded mean; default for likelihood 'mse', the paper), 'sample' (a draw of the noise
-    model around it; default for 'gaussian' and 'nb') or 'counterfactual' (each cell = its own real control cell
+    `decoding` (default: the model's `decoding`): 'mean' (the decoded mean; likelihood 'mse', the paper), 'sample'
+    (a draw of the noise model around it; 'gaussian' and 'nb') or 'counterfactual' (each cell = its own real control cell
     plus the decoded change decode(u_p) − decode(u_0) of the same latent; through the counts for 'nb'). For 'nb',
     sampled and counterfactual cells come with integer counts in `layers['counts']` (library size of the source
     control cell). `clip`: log-normalised values below 0 (impossible) are set to 0; the fraction is recorded."""
@@ -273,7 +279,7 @@ def predict(self, perturbations, n_cells: int = 100, penetrance=None, *, seed: i
     if not perts: raise ValueError("no perturbations to predict.")
     mod = self.module.eval()
     lik = mod.likelihood
-    decoding = ("mean" if lik == "mse" else "sample") if decoding is None else decoding
+    decoding = self.decoding if decoding is None else decoding
     if decoding not in DECODINGS: raise ValueError(f"decoding={decoding!r}: use one of {DECODINGS}.")
     if decoding == "sample" and lik == "mse":
         raise ValueError("decoding='sample' needs a noise model: train with likelihood='gaussian' or 'nb', or use "
@@ -403,7 +409,7 @@ SCCVAE.get_latent_representation, SCCVAE.perturbation_embedding = get_latent_rep
 
 # %% ../nbs/40_model.ipynb #7d5d727e
 def select_penetrance(self, perturbations=None, mode: str = "holdout", **kwargs):
-    "Select c for unseen perturbations (`sccvae.shift.select_penetrance`) and store it in the model."
+    "Select c for unseen perturbations (`sccvae.shift.select_penetrance`, for the model's `decoding`) and store it."
     from sccvae.shift import select_penetrance as _sel
     return _sel(self, perturbations, mode=mode, store=True, **kwargs)
 

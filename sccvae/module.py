@@ -12,8 +12,8 @@ from torch import nn
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['PAPER_BANDWIDTHS', 'LIKELIHOODS', 'mlp', 'scm_solve', 'SCCVAEModule', 'gaussian_kl', 'group_layout', 'mmd',
-           'mmd_broadcast', 'gaussian_nll', 'nb_nll', 'group_means', 'sccvae_loss']
+__all__ = ['PAPER_BANDWIDTHS', 'LIKELIHOODS', 'mlp', 'nb_expected_log', 'scm_solve', 'SCCVAEModule', 'gaussian_kl',
+           'group_layout', 'mmd', 'mmd_broadcast', 'gaussian_nll', 'nb_nll', 'group_means', 'sccvae_loss']
 
 # %% ../nbs/10_module.ipynb #540413f8
 #: the paper's MMD kernel: a sum of Gaussian kernels exp(-d²/h) with h = 31.25·2^k, k = 0..9 (31.25 … 16,000)
@@ -30,6 +30,16 @@ def mlp(sizes, negative_slope: float = 0.2, last_activation: bool = True) -> nn.
     return nn.Sequential(*layers)
 
 # %% ../nbs/10_module.ipynb #7108cb4b
+def nb_expected_log(rho, library, theta, target_sum: float):
+    """E[log1p(target_sum · K / l)] for K ~ NB(l·ρ, θ), by the hurdle approximation (1 − p₀)·log1p(target_sum ·
+    E[K | K > 0] / l) with p₀ = P(K = 0) = (θ / (θ + μ))^θ: exact when K is 0 or 1, the delta method when p₀ ≈ 0.
+    `rho`: cells x genes, `library`: (cells,), `theta`: (genes,). Differentiable."""
+    lib = torch.as_tensor(library, dtype=torch.float32, device=rho.device).reshape(-1, 1)
+    mu = lib * rho.float()
+    p0 = torch.exp(theta * (torch.log(theta) - torch.log(theta + mu)))
+    pos = (1 - p0).clamp_min(1e-12)
+    return pos * torch.log1p(target_sum * mu / (pos * lib))
+
 def scm_solve(e: torch.Tensor, A: torch.Tensor | None) -> torch.Tensor:
     "Rows `u` with `u (I - A) = e` for strictly upper-triangular `A` (None: no graph, `u = e`)."
     if A is None: return e
@@ -166,11 +176,7 @@ class SCCVAEModule(nn.Module):
         if self.likelihood != "nb": return h
         rho = torch.softmax(h.float(), -1)
         if library is None: return torch.log1p(self.target_sum * rho)
-        lib = torch.as_tensor(library, dtype=torch.float32, device=h.device).reshape(-1, 1)
-        mu, th = lib * rho, self.theta()
-        p0 = torch.exp(th * (torch.log(th) - torch.log(th + mu)))
-        pos = (1 - p0).clamp_min(1e-12)
-        return pos * torch.log1p(self.target_sum * mu / (pos * lib))
+        return nb_expected_log(rho, library, self.theta(), self.target_sum)
 
     def decode_mean(self, u, library=None):
         "`expected(decode(u), library)`: what shift selection and pseudo-bulk comparisons use."
@@ -312,8 +318,9 @@ def sccvae_loss(out: dict, x, y, *, beta: float, gamma: float = 10.0, recon_scal
     - 'gaussian': `recon_scale`·NLL(x | x̂, σ²) + MSE of the per-perturbation MEAN of ŷ against that of y + `beta`·KL
       + `gamma`·MMD²(ŷ + σε, y): the control branch is paired (a reconstruction), so it fits the noise; the
       perturbed cells are unpaired with the encoded controls, so only their mean and their distribution are matched.
-    - 'nb': `recon_scale`·NB-NLL(x_counts | l_x·softmax(x̂), θ) + MSE between log1p(target_sum · mean ρ) and
-      log1p(target_sum · mean(y_counts / l_y)) per perturbation + `beta`·KL (no MMD: counts are not differentiable).
+    - 'nb': `recon_scale`·NB-NLL(x_counts | l_x·softmax(x̂), θ) + MSE of the per-perturbation mean of the expected
+      log-normalised value of the predicted cells (`nb_expected_log`, with the library size of each one's source
+      control cell, as at prediction) against the mean of y + `beta`·KL (no MMD: counts are not differentiable).
 
     `x`: the encoded control cells (log-normalised), `y`: the observed cells of the batch. Returns the loss and a
     dict of its detached parts `loss, recon, pert, kl, mmd`. All in float32."""
@@ -338,10 +345,8 @@ def sccvae_loss(out: dict, x, y, *, beta: float, gamma: float = 10.0, recon_scal
         theta = out["theta"]
         lx = x_counts.float().sum(1, keepdim=True)
         recon = nb_nll(x_counts, lx * torch.softmax(x_hat, -1), theta).mean()
-        ts = out.get("target_sum", 1e4)
-        rho = torch.softmax(y_hat, -1)
-        frac = y_counts.float() / y_counts.float().sum(1, keepdim=True).clamp_min(1.0)
-        pert = (torch.log1p(ts * group_means(rho, group, layout)) - torch.log1p(ts * group_means(frac, group, layout))).pow(2).mean()
+        ey = nb_expected_log(torch.softmax(y_hat, -1), lx, theta, out.get("target_sum", 1e4))
+        pert = (group_means(ey, group, layout) - group_means(y, group, layout)).pow(2).mean()
         d = zero
     else: raise ValueError(f"unknown likelihood {lik!r}.")
     loss = recon_scale * recon + pert + beta * kl + gamma * d

@@ -134,11 +134,14 @@ def _linear_targets(model, perts, baseline):
 
 def select_penetrance(model, perturbations=None, *, mode: str = "holdout", adata=None, split: str = "test",
                       grid=None, n_cells: int = 128, seed: int = 0, holdout_frac: float = 0.5, baseline=None,
-                      control_split: str | None = "train", store: bool = True) -> ShiftSelection:
+                      control_split: str | None = "train", store: bool = True,
+                      decoding: str | None = None) -> ShiftSelection:
     """Select c for each of `perturbations` (default: the perturbations of `split` cells that the model did not
     train on) by pseudo-bulk MSE on `grid` (default -1..3 step 0.1). `mode`: 'oracle' | 'holdout' | 'linear' |
     'none' (see the table above). `n_cells` control draws shared by all candidates and perturbations.
-    `store`: keep the result in the model (used by `predict`)."""
+    `store`: keep the result in the model (used by `predict`). `decoding` (default the model's): with
+    'counterfactual' the predicted pseudo-bulk is the real controls' mean plus the decoded change, so c is chosen
+    on that (the decoder's bias on the controls cancels)."""
     if mode not in SHIFT_MODES: raise ValueError(f"mode={mode!r} is not one of {SHIFT_MODES}.")
     adata = model.adata if adata is None else adata
     grid = default_grid() if grid is None else np.round(np.asarray(grid, dtype=np.float64), 10)
@@ -182,6 +185,9 @@ def select_penetrance(model, perturbations=None, *, mode: str = "holdout", adata
     with torch.no_grad():
         z, pick = _control_latents(model, n_cells, seed, control_split, return_index=True)
         lib = model._data.count_rows(pick).sum(1) if mod.likelihood == "nb" else None
+        if (decoding or getattr(model, "decoding", "mean")) == "counterfactual":   # compare changes, not levels
+            base = mod.decode_mean(scm_solve(z, mod.adjacency()), lib).float().mean(0)
+            T = T - model._data.rows(pick).float().mean(0).cpu().numpy() + base.cpu().numpy()
         S = mod.shift(_label_rows(model, perts))
         E = penetrance_errors(mod, z, S, torch.as_tensor(T, device=dev), grid, library=lib).cpu().numpy().astype(np.float64)
     errors = pd.DataFrame(E, index=pd.Index(perts, name="perturbation"), columns=list(map(float, grid)))
