@@ -23,7 +23,7 @@ __all__ = ['log', 'REGISTRY_KEY', 'TARGET_KEY', 'CONTROL', 'TARGET_SUM', 'DEFAUL
            'gene_symbols', 'targets', 'perturbation_table', 'check_values', 'normalize', 'read_logreg_scores',
            'filter_perturbations', 'paper_subset', 'paper_folds', 'gene_embedding', 'perturbation_labels',
            'ood_manifest', 'iid_manifest', 'split_columns', 'save_manifest', 'load_manifest', 'apply_split',
-           'PerturbationData', 'PerturbationBatchSampler']
+           'target_columns', 'PerturbationData', 'PerturbationBatchSampler']
 
 # %% ../nbs/01_data.ipynb #90a007a3
 REGISTRY_KEY = "_sccvae"
@@ -531,6 +531,14 @@ def apply_split(adata: ad.AnnData, manifest: pd.DataFrame, fold: int | str | Non
     return adata.obs[key]
 
 # %% ../nbs/01_data.ipynb #7a5f77c5
+def target_columns(adata: ad.AnnData, perturbations) -> np.ndarray:
+    "Column of each perturbation's target gene in `adata` (by symbol, or by var_names id), -1 where it is not measured."
+    syms = gene_symbols(adata)
+    lut = {}
+    for j, (v, s) in enumerate(zip(adata.var_names.astype(str), syms)):
+        lut.setdefault(s, j); lut.setdefault(v, j)
+    return np.array([lut.get(str(p), -1) for p in perturbations], dtype=np.int64)
+
 class PerturbationData:
     """Model-ready view of a registered, normalised AnnData (holds its matrix once).
 
@@ -547,6 +555,7 @@ class PerturbationData:
         self.adata, self.device = adata, torch.device(device) if device is not None else get_device()
         self.perturbations = [str(p) for p in labels.index]
         self.labels = torch.as_tensor(labels.to_numpy(np.float32), device=self.device)
+        self.target_cols = torch.as_tensor(target_columns(adata, self.perturbations))   # -1: target not measured
         self.var_names = adata.var_names.copy()
         self.n_genes = adata.n_vars
         t = targets(adata).astype(object).to_numpy()

@@ -23,8 +23,9 @@ from .utils import get_device, torch_save, write_json, write_csv
 log = logging.getLogger("sccvae")
 
 # %% auto #0
-__all__ = ['log', 'PREDICTION_KEY', 'DECODINGS', 'SCCVAE', 'train', 'learned_penetrance', 'set_penetrance', 'resolve_penetrance',
-           'predict', 'get_latent_representation', 'perturbation_embedding', 'select_penetrance', 'save', 'load']
+__all__ = ['log', 'PREDICTION_KEY', 'DECODINGS', 'UNSEEN_SHIFTS', 'SCCVAE', 'train', 'learned_penetrance', 'set_penetrance',
+           'resolve_penetrance', 'predict', 'shift_of', 'fit_shift_shrinkage', 'get_latent_representation',
+           'perturbation_embedding', 'select_penetrance', 'save', 'load']
 
 # %% ../nbs/40_model.ipynb #978b5c1e
 def _version():
@@ -52,7 +53,8 @@ class SCCVAE:
                  n_layers: int = 2, labels: pd.DataFrame | None = None, n_label_components: int = 50,
                  label_seed: int = 0, edges=None, nodes=None, density: float | None = None,
                  n_edges: int | None = None, graph_seed: int = 0, split_key: str | None = "auto", seed: int = 0,
-                 train_perturbations: list[str] | None = None, decoding: str | None = None, **module_kwargs):
+                 train_perturbations: list[str] | None = None, decoding: str | None = None,
+                 unseen_shift: str = "mlp", kernel_k: int = 10, **module_kwargs):
         reg = scd.get_registry(adata)
         if not reg.get("normalized"):
             raise ValueError("the AnnData is registered but not normalised: call `sccvae.data.normalize(adata)` "
@@ -64,6 +66,10 @@ class SCCVAE:
             raise KeyError(f"split_key={split_key!r} is not in adata.obs; write one with `sccvae.data.apply_split` "
                            "or pass split_key=None to train on every cell.")
         self.split_key = split_key
+        if unseen_shift not in ("mlp", "kernel"): raise ValueError(f"unseen_shift={unseen_shift!r}: use 'mlp' or 'kernel'.")
+        if unseen_shift == "kernel" and module_kwargs.get("shift_mode", "softmax") != "shared":
+            raise ValueError("unseen_shift='kernel' averages specific shifts: use it with shift_mode='shared'.")
+        self.unseen_shift, self.kernel_k, self.shift_alpha, self.shift_shrinkage = unseen_shift, int(kernel_k), 1.0, None
         lik = module_kwargs.get("likelihood", "mse")
         self.decoding = ("mean" if lik == "mse" else "sample") if decoding is None else decoding
         if self.decoding not in DECODINGS: raise ValueError(f"decoding={decoding!r}: use one of {DECODINGS}.")
@@ -106,6 +112,7 @@ class SCCVAE:
         self.init_params = dict(n_latent=int(n_latent), n_hidden=int(n_hidden), n_layers=int(n_layers),
                                 n_label_components=int(self.labels.shape[1]), label_seed=int(label_seed),
                                 graph_seed=int(graph_seed), split_key=split_key, seed=int(seed), decoding=self.decoding,
+                                unseen_shift=unseen_shift, kernel_k=int(kernel_k),
                                 **module_kwargs)
         self.module = SCCVAEModule(adata.n_vars, self.labels.shape[1], len(self.train_perturbations),
                                    self.graph.mask, n_latent=n_latent, n_hidden=n_hidden, n_layers=n_layers,
@@ -167,6 +174,7 @@ def train(self, max_epochs: int | None = None, batch_size: int | None = None, *,
     self.train_config = {"preset": preset, **{k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(cfg).items()}}
     self.module.eval()
     self.is_trained = True
+    if self.unseen_shift == "kernel" and len(self.train_perturbations) > 2: self.fit_shift_shrinkage(seed=cfg.seed)
     return self.history
 
 SCCVAE._data, SCCVAE.train = _data, train
@@ -285,7 +293,7 @@ def predict(self, perturbations, n_cells: int = 100, penetrance=None, *, seed: i
         raise ValueError("decoding='sample' needs a noise model: train with likelihood='gaussian' or 'nb', or use "
                          "decoding='mean' (the paper) or 'counterfactual'.")
     pen = resolve_penetrance(self, perts, penetrance)
-    S = mod.shift(_label_rows(self, perts, labels))                               # P x n
+    S = shift_of(self, perts, labels)                                             # P x n
     c = torch.as_tensor(pen.penetrance.to_numpy(np.float32), device=self.device)
     z, pick = _control_latents(self, n_cells, seed, control_split, return_index=True)   # n_cells x n
     A = mod.adjacency()
@@ -305,9 +313,11 @@ def predict(self, perturbations, n_cells: int = 100, penetrance=None, *, seed: i
     out = np.empty((len(perts) * n_cells, m), np.float32)
     counts = np.empty_like(out) if lik == "nb" and decoding != "mean" else None
     per = max(1, batch_size // n_cells)
+    cols = torch.as_tensor(scd.target_columns(self.adata, perts), device=self.device)
     for s in range(0, len(perts), per):
         u = (u0[None] + v[s:s + per, None]).reshape(-1, u0.shape[1])
-        h = mod.decode(u).float()
+        h = mod.add_on_target(mod.decode(u).float(), c[s:s + per].repeat_interleave(n_cells),
+                              cols[s:s + per].repeat_interleave(n_cells))
         q = h.shape[0] // n_cells
         rows = slice(s * n_cells, s * n_cells + h.shape[0])
         if decoding == "mean":
@@ -347,6 +357,95 @@ def predict(self, perturbations, n_cells: int = 100, penetrance=None, *, seed: i
 
 SCCVAE.predict = predict
 
+# %% ../nbs/40_model.ipynb #5e11a2b0
+#: how an unseen perturbation gets the label-dependent part of its shift
+UNSEEN_SHIFTS = ("mlp", "kernel")
+
+def _kernel_weights(self, Q: torch.Tensor, exclude=None) -> torch.Tensor:
+    """Weights (rows: query labels `Q`, columns: training perturbations) of the `kernel_k` most similar training
+    perturbations by cosine similarity of standardised labels, softmax(similarity / 0.1) among them; `exclude[i]`
+    (a training index, or -1) is left out of row i (leave-one-out)."""
+    mod = self.module
+    T = self._data.labels if self._data is not None else torch.as_tensor(
+        self.labels.loc[self.train_perturbations].to_numpy(np.float32), device=self.device)
+    f = lambda L: torch.nn.functional.normalize((L - mod.label_mean) / mod.label_scale, dim=1)
+    sim = f(Q.to(self.device)) @ f(T.to(self.device)).T
+    if exclude is not None:
+        ex = torch.as_tensor(exclude, device=sim.device)
+        ok = ex >= 0
+        sim[torch.arange(len(sim), device=sim.device)[ok], ex[ok]] = -torch.inf
+    k = min(int(self.kernel_k), sim.shape[1] - (1 if exclude is not None else 0))
+    top = sim.topk(max(k, 1), dim=1)
+    w = torch.zeros_like(sim).scatter_(1, top.indices, torch.softmax(top.values / 0.1, dim=1))
+    return w
+
+@torch.no_grad()
+def shift_of(self, perturbations, labels=None, *, alpha: float | None = None) -> torch.Tensor:
+    """S_p (rows) of `perturbations` as prediction uses it. Training perturbations: from their label. Others, with
+    `unseen_shift='kernel'` (and `shift_mode='shared'`): S_shared + α · the similarity-weighted average of the
+    training perturbations' label-dependent shifts (α: `shift_alpha`, chosen by leave-one-out over the training
+    perturbations after training; 0 = the shared shift only, the "average perturbation")."""
+    mod = self.module
+    perts = [str(p) for p in perturbations]
+    L = _label_rows(self, perts, labels)
+    if self.unseen_shift == "mlp" or mod.shift_mode != "shared": return mod.shift(L)
+    spec = mod.shift_specific(L)
+    seen = set(self.train_perturbations)
+    unseen = torch.as_tensor([p not in seen and p != scd.CONTROL for p in perts], device=spec.device)
+    if bool(unseen.any()):
+        Ttr = mod.shift_specific(_label_rows(self, self.train_perturbations))
+        a = float(self.shift_alpha if alpha is None else alpha)
+        spec[unseen] = a * (_kernel_weights(self, L[unseen]) @ Ttr)
+    S = mod.shift(L, specific=spec)
+    ctrl = torch.as_tensor([p == scd.CONTROL for p in perts], device=S.device)
+    return torch.where(ctrl[:, None], torch.zeros_like(S), S)
+
+@torch.no_grad()
+def _train_pseudobulk(self, chunk: int = 4096) -> torch.Tensor:
+    "Mean log-normalised expression of each training perturbation's training cells (P x genes)."
+    data = _data(self)
+    idx = data.indices("train")
+    P = len(data.perturbations)
+    tot = torch.zeros(P, data.n_genes, device=self.device); cnt = torch.zeros(P, device=self.device)
+    for s in range(0, len(idx), chunk):
+        i = idx[s:s + chunk]; code = data.codes[i].to(self.device)
+        tot.index_add_(0, code, data.rows(i).float()); cnt.index_add_(0, code, torch.ones(len(i), device=self.device))
+    return tot / cnt.clamp_min(1)[:, None]
+
+@torch.no_grad()
+def fit_shift_shrinkage(self, grid=(0.0, 0.25, 0.5, 0.75, 1.0), n_cells: int = 64, max_perturbations: int = 300,
+                        seed: int = 0) -> pd.Series:
+    """Choose α of the kernel shift by leave-one-out over training perturbations: each one's shift is rebuilt
+    from its neighbours only (never itself), decoded at the median learned c on `n_cells` control latents, and its
+    pseudo-bulk compared (MSE) with its real training cells. Sets `shift_alpha`; returns the error per α."""
+    mod = self.module.eval()
+    P = len(self.train_perturbations)
+    rng = np.random.default_rng(seed)
+    js = np.sort(rng.choice(P, min(P, max_perturbations), replace=False))
+    z, pick = _control_latents(self, n_cells, seed, return_index=True)
+    lib = self._data.count_rows(pick).sum(1) if mod.likelihood == "nb" else None
+    A = mod.adjacency()
+    u0 = scm_solve(z, A)
+    Ltr = self._data.labels
+    Ttr = mod.shift_specific(Ltr)
+    jt = torch.as_tensor(js, device=self.device)
+    loo = _kernel_weights(self, Ltr[jt], exclude=jt) @ Ttr                       # J x n
+    c = float(self.learned_penetrance().median())
+    cols = self._data.target_cols[jt.cpu()]
+    target = _train_pseudobulk(self)[jt]
+    errs = {}
+    for a in grid:
+        v = scm_solve(c * mod.shift(Ltr[jt], specific=a * loo), A)               # J x n
+        u = (u0[None] + v[:, None]).reshape(-1, u0.shape[1])
+        h = mod.add_on_target(mod.decode(u), c, cols.repeat_interleave(n_cells))
+        mean = mod.expected(h, None if lib is None else lib.repeat(len(js))).view(len(js), n_cells, -1).mean(1)
+        errs[float(a)] = float((mean - target).pow(2).mean())
+    curve = pd.Series(errs, name="loo_mse"); curve.index.name = "alpha"
+    self.shift_alpha = float(curve.idxmin()); self.shift_shrinkage = curve
+    return curve
+
+SCCVAE.shift_of, SCCVAE.fit_shift_shrinkage, SCCVAE.kernel_weights = shift_of, fit_shift_shrinkage, _kernel_weights
+
 # %% ../nbs/40_model.ipynb #16c890e2
 def _rows_of(adata, idx):
     X = adata.X[idx]
@@ -374,7 +473,7 @@ def get_latent_representation(self, adata: ad.AnnData | None = None, kind: str =
         if t.isna().any(): log.warning("%d cells without a perturbation label get c = 0", int(t.isna().sum()))
         uniq = list(dict.fromkeys(names))
         pen = resolve_penetrance(self, uniq, penetrance)
-        S = mod.shift(_label_rows(self, uniq)) * torch.as_tensor(pen.penetrance.to_numpy(np.float32), device=self.device)[:, None]
+        S = shift_of(self, uniq) * torch.as_tensor(pen.penetrance.to_numpy(np.float32), device=self.device)[:, None]
         code = torch.as_tensor(pd.Index(uniq).get_indexer(names), device=self.device)
     out = []
     for s in range(0, adata.n_obs, batch_size):
@@ -398,7 +497,7 @@ def perturbation_embedding(self, perturbations=None, *, relative: bool = False, 
         zbar += mod.encode(data.rows(pool[s:s + 4096]))[0].float().sum(0)
     zbar /= len(pool)
     pen = resolve_penetrance(self, perts, penetrance)
-    S = mod.shift(_label_rows(self, perts, labels))
+    S = shift_of(self, perts, labels)
     c = torch.as_tensor(pen.penetrance.to_numpy(np.float32), device=self.device)
     U = scm_solve(zbar[None] + c[:, None] * S, mod.adjacency())
     if relative: U = U - scm_solve(zbar[None], mod.adjacency())
@@ -408,8 +507,9 @@ def perturbation_embedding(self, perturbations=None, *, relative: bool = False, 
 SCCVAE.get_latent_representation, SCCVAE.perturbation_embedding = get_latent_representation, perturbation_embedding
 
 # %% ../nbs/40_model.ipynb #7d5d727e
-def select_penetrance(self, perturbations=None, mode: str = "holdout", **kwargs):
-    "Select c for unseen perturbations (`sccvae.shift.select_penetrance`, for the model's `decoding`) and store it."
+def select_penetrance(self, perturbations=None, mode: str = "prior", **kwargs):
+    """Select c for unseen perturbations (`sccvae.shift.select_penetrance`, for the model's `decoding`) and store it.
+    The default mode, 'prior', needs no cells of the unseen perturbations; 'oracle' (the paper's) is opt-in."""
     from sccvae.shift import select_penetrance as _sel
     return _sel(self, perturbations, mode=mode, store=True, **kwargs)
 
@@ -431,7 +531,8 @@ def save(self, dir_path, overwrite: bool = True) -> Path:
                perturbation_key=self.perturbation_key,
                penetrance_overrides={p: dict(value=v, source=s) for p, (v, s) in self.penetrance_overrides.items()},
                train_config=self.train_config, is_trained=self.is_trained,
-               best_epoch=getattr(self, "best_epoch", None))
+               best_epoch=getattr(self, "best_epoch", None), shift_alpha=self.shift_alpha,
+               shift_shrinkage=None if self.shift_shrinkage is None else self.shift_shrinkage.to_dict())
     write_json(d / "config.json", cfg)
     return d
 
@@ -460,6 +561,9 @@ def load(cls, dir_path, adata: ad.AnnData, *, accelerator: str = "auto", device=
         model.shift_selection = ShiftSelection.load(d / "shift_selection")
     model.train_config, model.is_trained = cfg.get("train_config"), bool(cfg.get("is_trained"))
     if cfg.get("best_epoch") is not None: model.best_epoch = cfg["best_epoch"]
+    model.shift_alpha = float(cfg.get("shift_alpha", 1.0))
+    if cfg.get("shift_shrinkage"):
+        model.shift_shrinkage = pd.Series({float(k): v for k, v in cfg["shift_shrinkage"].items()}, name="loo_mse")
     model.device = get_device(accelerator, device)
     model.module.to(model.device).eval()
     return model

@@ -12,14 +12,17 @@ from torch import nn
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['PAPER_BANDWIDTHS', 'LIKELIHOODS', 'mlp', 'nb_expected_log', 'scm_solve', 'SCCVAEModule', 'gaussian_kl',
-           'group_layout', 'mmd', 'mmd_broadcast', 'gaussian_nll', 'nb_nll', 'group_means', 'sccvae_loss']
+__all__ = ['PAPER_BANDWIDTHS', 'LIKELIHOODS', 'SHIFT_MODES_MODULE', 'mlp', 'nb_expected_log', 'scm_solve', 'SCCVAEModule',
+           'gaussian_kl', 'group_layout', 'mmd', 'mmd_broadcast', 'gaussian_nll', 'nb_nll', 'group_means',
+           'sccvae_loss']
 
 # %% ../nbs/10_module.ipynb #540413f8
 #: the paper's MMD kernel: a sum of Gaussian kernels exp(-d²/h) with h = 31.25·2^k, k = 0..9 (31.25 … 16,000)
 PAPER_BANDWIDTHS = tuple(31.25 * 2.0 ** k for k in range(10))
 #: observation models of the decoder: the paper's mean ("mse"), Gaussian on log-normalised data, negative binomial on counts
 LIKELIHOODS = ("mse", "gaussian", "nb")
+#: shift encoders: the paper's softmax(MLP(label)), or a shared shift plus a label-dependent one
+SHIFT_MODES_MODULE = ("softmax", "shared")
 
 def mlp(sizes, negative_slope: float = 0.2, last_activation: bool = True) -> nn.Sequential:
     "Linear layers of `sizes` with LeakyReLU between them (and after the last one if `last_activation`)."
@@ -62,7 +65,8 @@ class SCCVAEModule(nn.Module):
     def __init__(self, n_genes: int, n_labels: int, n_perturbations: int, mask=None, *, n_latent: int = 512,
                  n_hidden: int = 1024, n_layers: int = 2, negative_slope: float = 0.2, var_eps: float = 1e-4,
                  b_init_std: float = 0.1, c_init: float = 1.0, seed: int = 0, likelihood: str = "mse",
-                 var_model: str = "gene", target_sum: float = 1e4):
+                 var_model: str = "gene", target_sum: float = 1e4, shift_mode: str = "softmax",
+                 on_target: bool = False):
         super().__init__()
         if n_layers < 1: raise ValueError(f"n_layers={n_layers} must be >= 1.")
         if likelihood not in LIKELIHOODS:
@@ -70,7 +74,10 @@ class SCCVAEModule(nn.Module):
         if var_model not in ("gene", "gene_mean"):
             raise ValueError(f"var_model={var_model!r}: use 'gene' (one variance per gene) or 'gene_mean' (log-variance "
                              "linear in the predicted mean, per gene).")
+        if shift_mode not in SHIFT_MODES_MODULE:
+            raise ValueError(f"shift_mode={shift_mode!r}: use one of {SHIFT_MODES_MODULE} ('softmax' = the paper).")
         self.likelihood, self.var_model, self.target_sum = likelihood, var_model, float(target_sum)
+        self.shift_mode, self.on_target = shift_mode, bool(on_target)
         self.n_genes, self.n_labels, self.n_latent = int(n_genes), int(n_labels), int(n_latent)
         self.n_perturbations, self.var_eps = int(n_perturbations), float(var_eps)
         if mask is None: mask = torch.triu(torch.ones(n_latent, n_latent), 1)
@@ -86,9 +93,14 @@ class SCCVAEModule(nn.Module):
             self.z_mean = nn.Linear(hid[-1], n_latent)
             self.z_logvar = nn.Linear(hid[-1], n_latent)
             self.shift_encoder = mlp([n_labels] + hid + [n_latent], negative_slope, last_activation=False)
+            if shift_mode == "shared":   # S_p = S_shared + S_specific(label); the specific part starts at 0
+                nn.init.zeros_(self.shift_encoder[-1].weight); nn.init.zeros_(self.shift_encoder[-1].bias)
             self.B = nn.Parameter(torch.randn(n_latent, n_latent) * b_init_std)
             self.decoder = mlp([n_latent] + hid + [n_genes], negative_slope, last_activation=False)
         self.penetrance = nn.Parameter(torch.full((self.n_perturbations,), float(c_init)))
+        if shift_mode == "shared": self.shift_shared = nn.Parameter(torch.zeros(self.n_latent))
+        # on-target effect: the perturbed gene's own column moves by c·κ (log scale; the logit for 'nb')
+        if self.on_target: self.kappa = nn.Parameter(torch.zeros(()))
         # observation model: per-gene log-variance (gaussian; + slope on the mean for 'gene_mean') or log inverse
         # dispersion θ (nb); the paper's 'mse' decoder has no noise parameters
         if likelihood == "gaussian":
@@ -150,10 +162,27 @@ class SCCVAEModule(nn.Module):
         h = self.encoder(x)
         return self.z_mean(h), torch.exp(self.z_logvar(h).float()) + self.var_eps
 
-    def shift(self, labels):
-        "S_p = softmax(MLP(label)) for each row of `labels` (after the label map, identity by default)."
-        labels = (labels - self.label_mean) / self.label_scale
-        return torch.softmax(self.shift_encoder(labels).float(), dim=-1)
+    def shift_specific(self, labels):
+        "The label-dependent part of the shift: MLP(label) (after the label map, identity by default)."
+        return self.shift_encoder((labels - self.label_mean) / self.label_scale).float()
+
+    def shift(self, labels, specific=None):
+        """S_p for each row of `labels`: softmax(MLP(label)) (the paper) or, with `shift_mode='shared'`,
+        S_shared + MLP(label), the shift all perturbations share plus what the label adds. `specific` replaces
+        MLP(label) (rows), e.g. a kernel average of training perturbations' specific shifts."""
+        h = self.shift_specific(labels) if specific is None else specific
+        if self.shift_mode == "softmax": return torch.softmax(h, dim=-1)
+        return self.shift_shared + h
+
+    def add_on_target(self, h, c, cols):
+        "Decoder output `h` (rows) with c·κ added at each row's target column `cols` (-1: none); no-op without `on_target`."
+        if not self.on_target or cols is None: return h
+        cols = torch.as_tensor(cols, device=h.device)
+        ok = cols >= 0
+        if not bool(ok.any()): return h
+        rows = torch.arange(h.shape[0], device=h.device)[ok]
+        val = (torch.as_tensor(c, device=h.device).float() * self.kappa).expand(h.shape[0])[ok]
+        return h.index_put((rows, cols[ok]), val.to(h.dtype), accumulate=True)
 
     def penetrance_of(self, codes):
         "c per row from perturbation codes (-1 = control -> 0)."
@@ -200,11 +229,12 @@ class SCCVAEModule(nn.Module):
 
     # --- the forward pass --------------------------------------------------------------------------------
     def forward(self, x, labels, c, *, index=None, generator=None, noise=None, sample: bool = True,
-                reconstruct: bool = True) -> dict:
+                reconstruct: bool = True, target_cols=None) -> dict:
         """Encode control cells `x` (B x m), shift each by `c * S` and decode.
 
         `labels`: B x d, or G x d with `index` (B,) mapping rows to label rows (computes S once per perturbation).
         `c`: (B,) penetrance per row. `reconstruct=False` skips the control branch (prediction only).
+        `target_cols`: per row, the column of its perturbed gene (-1: none), for the on-target term.
         Returns mu, var, z, shift (B x n), u, y_hat and, with `reconstruct`, u0 and x_hat."""
         mu, var = self.encode(x)
         z = self.sample_z(mu.float(), var, generator=generator, noise=noise) if sample else mu.float()
@@ -216,10 +246,11 @@ class SCCVAEModule(nn.Module):
             U = self.scm(torch.cat([e, z]))
             u, u0 = U[:B], U[B:]
             out = self.decode(U)
-            res = dict(mu=mu, var=var, z=z, shift=S, u=u, u0=u0, y_hat=out[:B], x_hat=out[B:])
+            res = dict(mu=mu, var=var, z=z, shift=S, u=u, u0=u0, y_hat=self.add_on_target(out[:B], c, target_cols),
+                       x_hat=out[B:])
         else:
             u = self.scm(e)
-            res = dict(mu=mu, var=var, z=z, shift=S, u=u, y_hat=self.decode(u))
+            res = dict(mu=mu, var=var, z=z, shift=S, u=u, y_hat=self.add_on_target(self.decode(u), c, target_cols))
         res["likelihood"] = self.likelihood
         if self.likelihood == "gaussian":
             res["y_var"] = self.px_var(res["y_hat"])

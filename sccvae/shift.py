@@ -24,11 +24,12 @@ log = logging.getLogger("sccvae")
 __all__ = ['log', 'SHIFT_MODES', 'MODE_LABELS', 'default_grid', 'ShiftSelection', 'penetrance_errors', 'select_penetrance']
 
 # %% ../nbs/21_shift.ipynb #6d0ac638
-SHIFT_MODES = ("oracle", "holdout", "linear", "none")
+SHIFT_MODES = ("oracle", "holdout", "linear", "prior", "none")
 MODE_LABELS = {
     "oracle": "oracle: c selected on the evaluation cells' own pseudo-bulk (the paper's choice; test data leak)",
     "holdout": "holdout: c selected on a random part of each perturbation's test cells, evaluate on the rest",
     "linear": "linear: c selected against the linear baseline's predicted pseudo-bulk (no test data)",
+    "prior": "prior: similarity-weighted learned c_p of the training perturbations with the closest labels (no test data)",
     "none": "none: median of the learned c_p (no selection)",
 }
 
@@ -94,10 +95,12 @@ class ShiftSelection:
 
 # %% ../nbs/21_shift.ipynb #3a5a42e4
 @torch.no_grad()
-def penetrance_errors(module, z, S, targets, grid, *, max_rows: int = 65536, library=None) -> torch.Tensor:
+def penetrance_errors(module, z, S, targets, grid, *, max_rows: int = 65536, library=None,
+                      target_cols=None) -> torch.Tensor:
     """Pseudo-bulk MSE for every (perturbation, candidate c): decode `(z + c S_q)(I - A)^{-1}` for the shared latent
     draws `z` (B x n), average over the B cells and compare with `targets` (Q x m). Returns Q x C. `library`: the B cells'
-    library sizes (count likelihood: the expected log-normalised value depends on them)."""
+    library sizes (count likelihood: the expected log-normalised value depends on them). `target_cols` (Q,):
+    each perturbation's target column for the module's on-target term (c·κ)."""
     A = module.adjacency()
     u0 = scm_solve(z.float(), A)                       # B x n
     v = scm_solve(S.float(), A)                        # Q x n
@@ -109,7 +112,12 @@ def penetrance_errors(module, z, S, targets, grid, *, max_rows: int = 65536, lib
         vq = v[s:s + per]
         u = u0[None, None] + grid[None, :, None, None] * vq[:, None, None, :]   # q x C x B x n
         lib = None if library is None else torch.as_tensor(library, device=z.device).repeat(len(vq) * C)
-        mean = module.decode_mean(u.reshape(-1, u.shape[-1]), lib).float().view(len(vq), C, B, -1).mean(2)
+        h = module.decode(u.reshape(-1, u.shape[-1]))
+        if target_cols is not None and getattr(module, "on_target", False):
+            cq = torch.as_tensor(target_cols, device=z.device)[s:s + per]
+            h = module.add_on_target(h, grid[None, :, None].expand(len(vq), C, B).reshape(-1),
+                                     cq[:, None, None].expand(len(vq), C, B).reshape(-1))
+        mean = module.expected(h, lib).float().view(len(vq), C, B, -1).mean(2)
         err[s:s + per] = (mean - targets[s:s + per, None].float()).pow(2).mean(-1)
     return err
 
@@ -154,9 +162,15 @@ def select_penetrance(model, perturbations=None, *, mode: str = "holdout", adata
         perturbations = sorted(set(t[in_split & t.notna().to_numpy()].astype(str)) - seen - {scd.CONTROL})
     perts = [str(p) for p in perturbations]
     if not perts: raise ValueError(f"no perturbations to select for: none of the {split!r} cells belongs to an unseen perturbation.")
-    if mode == "none":
-        med = float(model.learned_penetrance().median())
-        res = ShiftSelection("none", pd.Series(med, index=pd.Index(perts, name="perturbation"), name="penetrance"),
+    if mode in ("none", "prior"):
+        learned = model.learned_penetrance()
+        if mode == "none": val = np.full(len(perts), float(learned.median()))
+        else:
+            from sccvae.model import _label_rows
+            with torch.no_grad():
+                W = model.kernel_weights(_label_rows(model, perts))
+            val = (W.cpu().numpy().astype(np.float64) @ learned.to_numpy(np.float64))
+        res = ShiftSelection(mode, pd.Series(val, index=pd.Index(perts, name="perturbation"), name="penetrance"),
                              pd.DataFrame(index=pd.Index(perts, name="perturbation")), grid, 0, seed)
         if store: model.set_penetrance(res)
         return res
@@ -188,8 +202,9 @@ def select_penetrance(model, perturbations=None, *, mode: str = "holdout", adata
         if (decoding or getattr(model, "decoding", "mean")) == "counterfactual":   # compare changes, not levels
             base = mod.decode_mean(scm_solve(z, mod.adjacency()), lib).float().mean(0)
             T = T - model._data.rows(pick).float().mean(0).cpu().numpy() + base.cpu().numpy()
-        S = mod.shift(_label_rows(model, perts))
-        E = penetrance_errors(mod, z, S, torch.as_tensor(T, device=dev), grid, library=lib).cpu().numpy().astype(np.float64)
+        S = model.shift_of(perts)
+        E = penetrance_errors(mod, z, S, torch.as_tensor(T, device=dev), grid, library=lib,
+                              target_cols=scd.target_columns(model.adata, perts)).cpu().numpy().astype(np.float64)
     errors = pd.DataFrame(E, index=pd.Index(perts, name="perturbation"), columns=list(map(float, grid)))
     chosen = pd.Series(grid[E.argmin(1)], index=errors.index, name="penetrance")
     res = ShiftSelection(mode, chosen, errors, grid, int(n_cells), int(seed), selection_cells)

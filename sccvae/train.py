@@ -113,10 +113,10 @@ def _autocast(device, precision):
     return torch.autocast(dev.type, enabled=False)
 
 def forward_loss(module, x, y, labels_g, index, c, *, beta, cfg: TrainConfig, layout=None, generator=None,
-                 x_counts=None, y_counts=None):
+                 x_counts=None, y_counts=None, target_cols=None):
     "Forward pass and loss of one batch (shared by training and validation); counts for the 'nb' likelihood."
     with _autocast(x.device, cfg.precision):
-        out = module(x, labels_g, c, index=index, generator=generator)
+        out = module(x, labels_g, c, index=index, generator=generator, target_cols=target_cols)
     return sccvae_loss(out, x, y, beta=beta, gamma=cfg.gamma, recon_scale=cfg.recon_scale,
                        bandwidths=cfg.bandwidths, layout=layout, x_counts=x_counts, y_counts=y_counts,
                        generator=generator)
@@ -134,10 +134,10 @@ def clip_global_(params, max_norm: float):
     return norm
 
 def training_step(module, optimizer, x, y, labels_g, index, c, *, beta, cfg: TrainConfig, layout=None,
-                  generator=None, x_counts=None, y_counts=None) -> dict:
+                  generator=None, x_counts=None, y_counts=None, target_cols=None) -> dict:
     "One optimiser step; returns the detached loss parts (device tensors, no sync)."
     loss, parts = forward_loss(module, x, y, labels_g, index, c, beta=beta, cfg=cfg, layout=layout, generator=generator,
-                               x_counts=x_counts, y_counts=y_counts)
+                               x_counts=x_counts, y_counts=y_counts, target_cols=target_cols)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if cfg.clip_norm is not None:
@@ -206,6 +206,29 @@ class Trainer:
         mean = s1 / n
         return mean, (s2 / n - mean.pow(2)).clamp_min(0)
 
+    @torch.no_grad()
+    def _on_target_change(self, chunk: int = 4096) -> float:
+        """Average over training perturbations of the change of their own target column against the controls
+        (log-normalised scale; log-ratio of expression fractions for 'nb'): the on-target term's starting value."""
+        cols = self.data.target_cols
+        idx = self.data.indices("train")
+        idx = idx[cols[self.data.codes[idx]] >= 0]
+        if len(idx) == 0: return 0.0
+        P = len(self.data.perturbations)
+        frac = self.counts
+        tot, cnt = torch.zeros(P, dtype=torch.float64), torch.zeros(P, dtype=torch.float64)
+        for s in range(0, len(idx), chunk):
+            i = idx[s:s + chunk]; code = self.data.codes[i]
+            v = self.data.count_rows(i) if frac else self.data.rows(i)
+            if frac: v = v / v.sum(1, keepdim=True).clamp_min(1.0)
+            tot.index_add_(0, code, v.float().cpu().gather(1, cols[code][:, None]).squeeze(1).double())
+            cnt.index_add_(0, code, torch.ones(len(i), dtype=torch.float64))
+        ok = cnt > 0
+        mean_ctrl = self._control_moments(fractions=frac)[0].cpu().double()
+        pert, ctrl = tot[ok] / cnt[ok], mean_ctrl[cols[ok]]
+        if frac: return float(torch.log(pert.clamp_min(1e-8) / ctrl.clamp_min(1e-8)).mean())
+        return float((pert - ctrl).mean())
+
     def _control_mean(self) -> torch.Tensor:
         "Mean log-normalised expression of the training control pool."
         return self._control_moments()[0]
@@ -215,6 +238,7 @@ class Trainer:
         """Start the decoder at the controls: output bias = their mean (log-normalised), or the log of their mean
         expression fractions ('nb'); a Gaussian noise model starts at half their per-gene variance."""
         mod = self.module
+        if getattr(mod, "on_target", False): mod.kappa.fill_(self._on_target_change())
         if self.counts:
             frac, _ = self._control_moments(fractions=True)
             mod.init_decoder_bias_(torch.log(frac.clamp_min(1e-8)))
@@ -232,14 +256,17 @@ class Trainer:
         index = inv.to(self.device)
         c = self.module.penetrance_of(codes.to(self.device))
         pick = torch.randint(len(self.pool), (len(idx),), generator=generator, device=self.device)
+        extra = {}
+        if getattr(self.module, "on_target", False):
+            extra["target_cols"] = torch.where(codes >= 0, self.data.target_cols[codes.clamp(min=0)], -1).to(self.device)
         if self.counts:
             yc, xc = self.data.count_rows(idx), self.data.count_rows(self.pool[pick])
             y = torch.log1p(yc * (self.data.target_sum / yc.sum(1, keepdim=True).clamp_min(1.0)))
             x = torch.log1p(xc * (self.data.target_sum / xc.sum(1, keepdim=True).clamp_min(1.0)))
-            return x, y, labels_g, index, c, layout, dict(x_counts=xc, y_counts=yc)
+            return x, y, labels_g, index, c, layout, dict(x_counts=xc, y_counts=yc, **extra)
         y = self.data.rows(idx)
         x = self.data.rows(self.pool[pick])
-        return x, y, labels_g, index, c, layout, {}
+        return x, y, labels_g, index, c, layout, extra
 
     # --- epochs ------------------------------------------------------------------------------------------
     def _train_epoch(self, epoch):
@@ -252,7 +279,7 @@ class Trainer:
             if cfg.lr_schedule != "constant":
                 lr = cfg.lr * cfg.lr_factor((epoch * steps + i) / total)
                 for g in self.optimizer.param_groups: g["lr"] = lr
-            x, y, lg, index, c, layout, cnt = self._batch(idx, self.generator)
+            x, y, lg, index, c, layout, cnt = self._batch(idx, self.generator)  # cnt: counts / target columns
             parts = training_step(mod, self.optimizer, x, y, lg, index, c, beta=beta, cfg=cfg, layout=layout,
                                   generator=self.generator, **cnt)
             acc += torch.stack([parts[k] for k in _PARTS]); n += 1
