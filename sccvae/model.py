@@ -417,7 +417,8 @@ def fit_shift_shrinkage(self, grid=(0.0, 0.25, 0.5, 0.75, 1.0), n_cells: int = 6
                         seed: int = 0) -> pd.Series:
     """Choose α of the kernel shift by leave-one-out over training perturbations: each one's shift is rebuilt
     from its neighbours only (never itself), decoded at the median learned c on `n_cells` control latents, and its
-    pseudo-bulk compared (MSE) with its real training cells. Sets `shift_alpha`; returns the error per α."""
+    pseudo-bulk compared (MSE over genes, its own target column left out: α is about network effects) with its real
+    training cells. Sets `shift_alpha`; returns the error per α."""
     mod = self.module.eval()
     P = len(self.train_perturbations)
     rng = np.random.default_rng(seed)
@@ -439,7 +440,10 @@ def fit_shift_shrinkage(self, grid=(0.0, 0.25, 0.5, 0.75, 1.0), n_cells: int = 6
         u = (u0[None] + v[:, None]).reshape(-1, u0.shape[1])
         h = mod.add_on_target(mod.decode(u), c, cols.repeat_interleave(n_cells))
         mean = mod.expected(h, None if lib is None else lib.repeat(len(js))).view(len(js), n_cells, -1).mean(1)
-        errs[float(a)] = float((mean - target).pow(2).mean())
+        sq = (mean - target).pow(2)
+        ok = cols >= 0
+        sq[torch.arange(len(js), device=sq.device)[ok.to(sq.device)], cols[ok].to(sq.device)] = 0.0   # network effects only
+        errs[float(a)] = float(sq.mean())
     curve = pd.Series(errs, name="loo_mse"); curve.index.name = "alpha"
     self.shift_alpha = float(curve.idxmin()); self.shift_shrinkage = curve
     return curve
