@@ -267,6 +267,19 @@ def _counterfactual_counts(rng, k, lib, rho_p, rho_0):
     gain = np.maximum(rho_p - rho_0, 0.0) * lib[:, None]
     return (rng.binomial(k, keep) + rng.poisson(gain)).astype(np.float32)
 
+def _clip_keep_mean(Y, n_cells, rng):
+    """Valid (≥ 0) log-normalised cells with each perturbation's per-gene mean kept: values below 0 are set to 0,
+    and where that raised a gene's mean (a decrease on cells already at or near 0, as in sparse genes) the cells'
+    values are kept with probability q = wanted mean / clipped mean and set to 0 otherwise — a knockdown of a sparse
+    gene shows as fewer cells expressing it. `Y`: rows of consecutive blocks of `n_cells` cells, one per perturbation."""
+    B = Y.reshape(-1, n_cells, Y.shape[1])
+    want = B.mean(1, keepdims=True)
+    np.maximum(B, 0.0, out=B)
+    got = B.mean(1, keepdims=True)
+    q = np.where(got > want + 1e-7, np.clip(want / np.maximum(got, 1e-12), 0.0, 1.0), 1.0)
+    B *= rng.random(B.shape, dtype=np.float32) < q
+    return B.reshape(Y.shape)
+
 def _lognorm(counts, target_sum):
     return np.log1p(counts * (target_sum / np.maximum(counts.sum(1, keepdims=True), 1.0))).astype(np.float32)
 
@@ -282,7 +295,8 @@ def predict(self, perturbations, n_cells: int = 100, penetrance=None, *, seed: i
     (a draw of the noise model around it; 'gaussian' and 'nb') or 'counterfactual' (each cell = its own real control cell
     plus the decoded change decode(u_p) − decode(u_0) of the same latent; through the counts for 'nb'). For 'nb',
     sampled and counterfactual cells come with integer counts in `layers['counts']` (library size of the source
-    control cell). `clip`: log-normalised values below 0 (impossible) are set to 0; the fraction is recorded."""
+    control cell). `clip`: log-normalised values below 0 (impossible) are set to 0, keeping each gene's mean for
+    sampled and counterfactual cells (`_clip_keep_mean`); the fraction that was below 0 is recorded."""
     perts = [str(p) for p in ([perturbations] if isinstance(perturbations, str) else perturbations)]
     if not perts: raise ValueError("no perturbations to predict.")
     mod = self.module.eval()
@@ -313,6 +327,7 @@ def predict(self, perturbations, n_cells: int = 100, penetrance=None, *, seed: i
     out = np.empty((len(perts) * n_cells, m), np.float32)
     counts = np.empty_like(out) if lik == "nb" and decoding != "mean" else None
     per = max(1, batch_size // n_cells)
+    n_neg = 0
     cols = torch.as_tensor(scd.target_columns(self.adata, perts), device=self.device)
     for s in range(0, len(perts), per):
         u = (u0[None] + v[s:s + per, None]).reshape(-1, u0.shape[1])
@@ -331,13 +346,17 @@ def predict(self, perturbations, n_cells: int = 100, penetrance=None, *, seed: i
                 k = _counterfactual_counts(rng, np.tile(k_ctrl, (q, 1)), np.tile(lib, q), rho, np.tile(rho0, (q, 1)))
             counts[rows] = k
             out[rows] = _lognorm(k, ts)
-        elif decoding == "sample":    # gaussian
-            sd = mod.px_var(h).sqrt().cpu().numpy()
-            out[rows] = h.cpu().numpy() + sd * rng.standard_normal(sd.shape, dtype=np.float32)
-        else:                         # counterfactual, log-normalised scale
-            out[rows] = np.tile(x_ctrl, (q, 1)) + (h - h0.repeat(q, 1)).cpu().numpy()
-    n_neg = int((out < 0).sum())
-    if clip: np.maximum(out, 0.0, out=out)
+        else:
+            if decoding == "sample":    # gaussian
+                sd = mod.px_var(h).sqrt().cpu().numpy()
+                Y = h.cpu().numpy() + sd * rng.standard_normal(sd.shape, dtype=np.float32)
+            else:                       # counterfactual, log-normalised scale
+                Y = np.tile(x_ctrl, (q, 1)) + (h - h0.repeat(q, 1)).cpu().numpy()
+            n_neg += int((Y < 0).sum())
+            out[rows] = _clip_keep_mean(Y, n_cells, rng) if clip else Y
+    if decoding == "mean":
+        n_neg = int((out < 0).sum())
+        if clip: np.maximum(out, 0.0, out=out)
     lab = pd.Categorical(np.repeat(perts, n_cells), categories=list(dict.fromkeys(perts)))
     obs = pd.DataFrame({self.perturbation_key: lab}, index=[f"sccvae_{i}" for i in range(len(out))])
     obs[scd.TARGET_KEY] = lab
