@@ -1,4 +1,4 @@
-"""Control, perturbed-mean, linear (Ahlmann-Eltze et al.) and nearest-perturbation baselines that predict cells in the model's format, so every metric scores them exactly like SCCVAE.
+"""Control, perturbed-mean (with or without the average on-target change), linear (Ahlmann-Eltze et al.) and k-nearest-perturbation baselines that predict cells in the model's format, so every metric scores them exactly like SCCVAE.
 
 Docs: https://sccvae.github.io/sccvae/baselines.html.md"""
 
@@ -19,7 +19,8 @@ from .metrics import declare_bulk
 log = logging.getLogger("sccvae")
 
 # %% auto #0
-__all__ = ['log', 'Baseline', 'ControlBaseline', 'PerturbedMeanBaseline', 'LinearBaseline', 'NearestPerturbationBaseline']
+__all__ = ['log', 'Baseline', 'ControlBaseline', 'PerturbedMeanBaseline', 'PerturbedMeanOnTargetBaseline', 'LinearBaseline',
+           'NearestPerturbationBaseline']
 
 # %% ../nbs/31_baselines.ipynb #417b1779
 def _pseudobulk(X, codes: np.ndarray, n: int) -> np.ndarray:
@@ -135,6 +136,26 @@ class PerturbedMeanBaseline(Baseline):
         w = np.ones(len(self.train_counts_)) if self.weight == "perturbation" else self.train_counts_.astype(np.float64)
         self.delta_ = (w[:, None] * (self.train_bulk_ - self.control_mean_)).sum(0) / w.sum()
     def _delta(self, perturbations): return np.tile(self.delta_, (len(perturbations), 1))
+
+# %% ../nbs/31_baselines.ipynb #51a8e229
+class PerturbedMeanOnTargetBaseline(PerturbedMeanBaseline):
+    """The perturbed mean, with the target gene's own column set to the training perturbations' average on-target
+    change (Δ_q at q's own target column, over training perturbations q whose target is a measured gene)."""
+    name = "perturbed_mean_on_target"
+    def _fit(self, adata):
+        super()._fit(adata)
+        sym = pd.Index(scd.gene_symbols(adata)).astype(str)
+        self.target_col_ = {s: i for i, s in reversed(list(enumerate(sym)))}
+        on = [(i, self.target_col_[p]) for i, p in enumerate(self.train_perturbations_) if p in self.target_col_]
+        if not on: raise ValueError("no training perturbation targets a measured gene: there is no on-target change to average.")
+        self.on_target_ = float(np.mean([self.train_bulk_[i, j] - self.control_mean_[j] for i, j in on]))
+        self.n_on_target_ = len(on)
+    def _delta(self, perturbations):
+        D = super()._delta(perturbations)
+        for r, p in enumerate(perturbations):
+            j = self.target_col_.get(p)
+            if j is not None: D[r, j] = self.on_target_
+        return D
 
 # %% ../nbs/31_baselines.ipynb #72c68088
 def _labels_for(adata, labels, n_components, seed):

@@ -1,4 +1,4 @@
-"""`sccvae run | report | demo | prepare | fold`: the folds of an experiment through papermill (one process per GPU, a queue, CPU when none), the pooled report, and the embedded demo.
+"""`sccvae run | report | demo | prepare | fold | benchmark`: the folds of an experiment through papermill (one process per GPU, a queue, CPU when none), the pooled report, the embedded demo, and the benchmark harness (the yardstick).
 
 Docs: https://sccvae.github.io/sccvae/cli.html.md"""
 
@@ -91,7 +91,7 @@ def _gpus(s):
     return [int(x) for x in str(s).split(",") if x.strip()]
 
 def build_parser() -> argparse.ArgumentParser:
-    "The `sccvae` argument parser (sub-commands run, report, demo, prepare, fold)."
+    "The `sccvae` argument parser (sub-commands run, report, demo, prepare, fold, benchmark)."
     p = argparse.ArgumentParser(prog="sccvae", description="SCCVAE (Liu, Zhang & Uhler 2025): train, evaluate and report "
                                 "out-of-distribution predictions of genetic perturbation responses.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -131,7 +131,39 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("prepare", help="normalise, filter, label and split a screen; print a summary",
                         description="Prepare OUT_DIR/NAME/prepared (normalised data, filter table, labels, manifest) and print a summary.")
     _add_data_args(pr)
+    _add_benchmark_parser(sub)
     return p
+
+def _add_benchmark_parser(sub):
+    b = sub.add_parser("benchmark", help="the yardstick: k-fold leave-perturbations-out of SCCVAE configurations and baselines",
+                       description="k-fold leave-perturbations-out comparison (sccvae.benchmark) on a screen: prints the "
+                       "Markdown table of mean ± sd over held-out perturbations, writes per-perturbation and summary CSVs, "
+                       "settings (seeds, configurations, versions) and report.md to --out.")
+    g = b.add_argument_group("data")
+    g.add_argument("--data", default=None, help="input .h5ad (raw counts or log-normalised); default: a simulated screen")
+    g.add_argument("--perturbation-key", default="gene", help="obs column of perturbation labels")
+    g.add_argument("--control-group", default="non-targeting", help="label of control cells")
+    g.add_argument("--exclude", default="", help="comma-separated labels that are not single perturbations (e.g. multiple,unassigned)")
+    g.add_argument("--gene-symbol-key", type=_none_or(str), default=None, help="var column with gene symbols when var_names are ids")
+    g.add_argument("--synthetic-size", default="tiny", help="preset of the simulated screen when --data is absent")
+    g = b.add_argument_group("comparison")
+    g.add_argument("--configs", default="sccvae_paper",
+                   help="comma-separated SCCVAE configurations (names of sccvae.benchmark.BENCHMARK_CONFIGS: sccvae_paper, "
+                        "sccvae_gauss, sccvae_gauss_cf, sccvae_nb, sccvae_nb_cf) and/or JSON files {name: config}; "
+                        "'' or none for baselines only (default sccvae_paper)")
+    g.add_argument("--baselines", default="all",
+                   help="comma-separated baselines (names of sccvae.benchmark.BENCHMARK_BASELINES: control, perturbed_mean, "
+                        "perturbed_mean_on_target, linear, nearest_1, nearest_3, ceiling); 'all' (default) or '' / none")
+    g.add_argument("--n-folds", type=int, default=5, help="folds over perturbations (default 5)")
+    g.add_argument("--seed", type=int, default=0, help="seed of folds, models, predictions and truth subsampling (default 0)")
+    g.add_argument("--n-eval-cells", type=int, default=300, help="cap on true (and predicted) cells per perturbation (default 300)")
+    g.add_argument("--min-cells", type=int, default=10, help="leave out perturbations with fewer cells (default 10)")
+    g.add_argument("--max-epochs", type=_none_or(int), default=None, help="override every configuration's epochs")
+    g.add_argument("--accelerator", default="auto", help="auto|cpu|cuda|mps")
+    g.add_argument("--threads", type=_none_or(int), default=None, help="torch CPU threads (default: torch's)")
+    g.add_argument("--workers", type=int, default=1,
+                   help="folds in parallel single-threaded processes (e.g. 2 on a 2-core machine; default 1: in-process)")
+    g.add_argument("--out", default=None, help="output folder (default runs/benchmark/NAME, NAME the data file's stem or 'synthetic')")
 
 # %% ../nbs/51_cli.ipynb #b06528dc
 def _cmd_run(a):
@@ -205,7 +237,53 @@ def _cmd_prepare(a):
     print(f"prepared: {prep.path}")
     return 0
 
-_COMMANDS = dict(run=_cmd_run, fold=_cmd_fold, report=_cmd_report, demo=_cmd_demo, prepare=_cmd_prepare)
+def _names(s):
+    s = (s or "").strip()
+    return [] if s.lower() in ("", "none") else [x.strip() for x in s.split(",") if x.strip()]
+
+def _bench_configs(s):
+    out = {}
+    for item in _names(s):
+        if item.endswith(".json"): out.update(json.loads(Path(item).read_text()))
+        else:
+            from sccvae.benchmark import BENCHMARK_CONFIGS
+            if item not in BENCHMARK_CONFIGS:
+                raise SystemExit(f"sccvae benchmark: unknown configuration {item!r}; use {','.join(BENCHMARK_CONFIGS)} or a .json file.")
+            out[item] = BENCHMARK_CONFIGS[item]
+    return out
+
+def _cmd_benchmark(a):
+    import anndata as ad
+    from sccvae import data as scd
+    from sccvae.benchmark import benchmark, BENCHMARK_BASELINES
+    if a.threads:
+        import torch
+        torch.set_num_threads(a.threads)
+    bls = list(BENCHMARK_BASELINES) if a.baselines.strip().lower() == "all" else _names(a.baselines)
+    bad = [x for x in bls if x not in BENCHMARK_BASELINES]
+    if bad: raise SystemExit(f"sccvae benchmark: unknown baselines {bad}; use some of {','.join(BENCHMARK_BASELINES)}.")
+    cfgs = _bench_configs(a.configs)
+    if a.data:
+        adata = ad.read_h5ad(a.data)
+        name = Path(a.data).name.split(".")[0]
+        key, ctrl = a.perturbation_key, a.control_group
+    else:
+        from sccvae.synthetic import simulate_screen
+        adata, name = simulate_screen(a.synthetic_size, seed=a.seed), "synthetic"
+        key, ctrl = "gene", "non-targeting"
+    scd.setup_anndata(adata, perturbation_key=key, control_group=ctrl, exclude=_names(a.exclude) or None,
+                      gene_symbol_key=a.gene_symbol_key)
+    scd.normalize(adata)
+    out = Path(a.out) if a.out else Path("runs") / "benchmark" / name
+    t0 = time.perf_counter()
+    res = benchmark(adata, configs=cfgs, baselines=bls, n_folds=a.n_folds, seed=a.seed, n_eval_cells=a.n_eval_cells,
+                    min_cells=a.min_cells, max_epochs=a.max_epochs, accelerator=a.accelerator, workers=a.workers,
+                    out_dir=out, name=name)
+    print(res.to_markdown())
+    print(f"\nresults: {out}\nwall time: {time.perf_counter() - t0:.0f} s")
+    return 0
+
+_COMMANDS = dict(run=_cmd_run, fold=_cmd_fold, report=_cmd_report, demo=_cmd_demo, prepare=_cmd_prepare, benchmark=_cmd_benchmark)
 
 def main(argv=None) -> int:
     "Entry point of the `sccvae` console script."
