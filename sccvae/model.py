@@ -23,8 +23,9 @@ from .utils import get_device, torch_save, write_json, write_csv
 log = logging.getLogger("sccvae")
 
 # %% auto #0
-__all__ = ['log', 'PREDICTION_KEY', 'DECODINGS', 'UNSEEN_SHIFTS', 'SCCVAE', 'train', 'learned_penetrance', 'set_penetrance',
-           'resolve_penetrance', 'predict', 'shift_of', 'fit_shift_shrinkage', 'get_latent_representation',
+__all__ = ['log', 'PREDICTION_KEY', 'DECODINGS', 'ANCHORS', 'MODEL_PRESETS', 'UNSEEN_SHIFTS', 'default_sizes',
+           'resolve_model_options', 'SCCVAE', 'train', 'learned_penetrance', 'set_penetrance', 'resolve_penetrance',
+           'predict', 'shift_of', 'fit_shift_shrinkage', 'fit_anchor', 'get_latent_representation',
            'perturbation_embedding', 'select_penetrance', 'save', 'load']
 
 # %% ../nbs/40_model.ipynb #978b5c1e
@@ -37,6 +38,41 @@ def _version():
 PREDICTION_KEY = "sccvae_prediction"
 #: how predicted cells are made from the decoder: its mean, a draw of the noise model, or counterfactually
 DECODINGS = ("mean", "sample", "counterfactual")
+#: the starting point of an unseen perturbation's mean change: none (SCCVAE alone, the paper) or 'auto' (the
+#: cross-validated `sccvae.anchor.MeanAnchor`, moved by SCCVAE's prediction with a held-out blend weight)
+ANCHORS = ("none", "auto")
+
+#: named model configurations. 'default': the configuration that won the benchmark harness (issue 11): Gaussian
+#: noise model, counterfactual decoding, shared + specific shift, on-target term, kernel shift for unseen
+#: perturbations, the cross-validated mean anchor; network sizes from the number of genes (`default_sizes`).
+#: 'paper': Liu, Zhang & Uhler (2025) exactly (n_latent 512, hidden 1024, MSE decoder, softmax shift from an MLP).
+MODEL_PRESETS = {
+    "default": dict(likelihood="gaussian", decoding="counterfactual", shift_mode="shared", on_target=True,
+                    unseen_shift="kernel", anchor="auto"),
+    "paper": dict(n_latent=512, n_hidden=1024, likelihood="mse", decoding=None, shift_mode="softmax",
+                  on_target=False, unseen_shift="mlp", anchor="none"),
+}
+
+def default_sizes(n_genes: int) -> tuple[int, int]:
+    "(n_latent, n_hidden) of the 'default' preset: n_latent = the power of 2 nearest n_genes / 32, within 64..512; hidden 4×."
+    n_latent = int(min(512, max(64, 2 ** round(np.log2(max(n_genes, 1) / 32)))))
+    return n_latent, 4 * n_latent
+
+def resolve_model_options(preset: str, n_genes: int, **given) -> dict:
+    """The model options of `preset` with every option given (not None) taking precedence. Options the user did not
+    give stay compatible with those they did: a `shift_mode` other than 'shared' keeps the MLP shift, and an MLP
+    shift keeps no anchor (its held-out predictions need the kernel shift)."""
+    if preset not in MODEL_PRESETS:
+        raise ValueError(f"preset={preset!r} is not known; use one of {list(MODEL_PRESETS)} ('paper' reproduces the paper).")
+    out = dict(MODEL_PRESETS[preset])
+    if preset == "default": out["n_latent"], out["n_hidden"] = default_sizes(n_genes)
+    mine = {k: v for k, v in given.items() if v is not None}
+    if "unseen_shift" not in mine and mine.get("shift_mode", out["shift_mode"]) != "shared": out["unseen_shift"] = "mlp"
+    if "anchor" not in mine and mine.get("unseen_shift", out["unseen_shift"]) != "kernel": out["anchor"] = "none"
+    if "decoding" not in mine and "likelihood" in mine and preset == "default" and mine["likelihood"] == "mse":
+        out["decoding"] = None       # the paper's decoder: its mean, unless asked otherwise
+    out.update(mine)
+    return out
 
 class SCCVAE:
     """Single-cell causal VAE (Liu, Zhang & Uhler 2025) on a registered, normalised AnnData.
@@ -49,13 +85,20 @@ class SCCVAE:
     cells by default ('mean' for 'mse', else 'sample'; or 'counterfactual'), see `predict`. `split_key`: obs column with
     train/val/test (default the registered one, else 'split' if present, else all cells train). Remaining keyword
     arguments go to `SCCVAEModule` (e.g. `n_hidden`, `n_layers`)."""
-    def __init__(self, adata: ad.AnnData, graph="full", n_latent: int = 512, *, n_hidden: int = 1024,
+    def __init__(self, adata: ad.AnnData, graph="full", n_latent: int | None = None, *, n_hidden: int | None = None,
                  n_layers: int = 2, labels: pd.DataFrame | None = None, n_label_components: int = 50,
                  label_seed: int = 0, edges=None, nodes=None, density: float | None = None,
                  n_edges: int | None = None, graph_seed: int = 0, split_key: str | None = "auto", seed: int = 0,
                  train_perturbations: list[str] | None = None, decoding: str | None = None,
-                 unseen_shift: str = "mlp", kernel_k: int = 10, **module_kwargs):
+                 unseen_shift: str | None = None, kernel_k: int = 10, anchor: str | None = None,
+                 preset: str = "default", **module_kwargs):
         reg = scd.get_registry(adata)
+        o = resolve_model_options(preset, adata.n_vars, n_latent=n_latent, n_hidden=n_hidden, decoding=decoding,
+                                  unseen_shift=unseen_shift, anchor=anchor, **module_kwargs)
+        n_latent, n_hidden, decoding, unseen_shift, anchor = (o.pop(k) for k in ("n_latent", "n_hidden", "decoding",
+                                                                                 "unseen_shift", "anchor"))
+        module_kwargs = o
+        self.preset = preset
         if not reg.get("normalized"):
             raise ValueError("the AnnData is registered but not normalised: call `sccvae.data.normalize(adata)` "
                              "(or register it with `SCCVAE.setup_anndata(..., normalize=True)`).")
@@ -70,6 +113,12 @@ class SCCVAE:
         if unseen_shift == "kernel" and module_kwargs.get("shift_mode", "softmax") != "shared":
             raise ValueError("unseen_shift='kernel' averages specific shifts: use it with shift_mode='shared'.")
         self.unseen_shift, self.kernel_k, self.shift_alpha, self.shift_shrinkage = unseen_shift, int(kernel_k), 1.0, None
+        if anchor not in ANCHORS: raise ValueError(f"anchor={anchor!r}: use one of {ANCHORS}.")
+        if anchor == "auto" and unseen_shift != "kernel":
+            raise ValueError("anchor='auto' chooses how far SCCVAE moves the anchor from held-out predictions of the "
+                             "training perturbations, which the kernel shift gives: use unseen_shift='kernel' (with "
+                             "shift_mode='shared'), or anchor='none'.")
+        self.anchor_mode, self.anchor, self.anchor_weight, self.anchor_curve = anchor, None, 1.0, None
         lik = module_kwargs.get("likelihood", "mse")
         self.decoding = ("mean" if lik == "mse" else "sample") if decoding is None else decoding
         if self.decoding not in DECODINGS: raise ValueError(f"decoding={decoding!r}: use one of {DECODINGS}.")
@@ -112,7 +161,7 @@ class SCCVAE:
         self.init_params = dict(n_latent=int(n_latent), n_hidden=int(n_hidden), n_layers=int(n_layers),
                                 n_label_components=int(self.labels.shape[1]), label_seed=int(label_seed),
                                 graph_seed=int(graph_seed), split_key=split_key, seed=int(seed), decoding=self.decoding,
-                                unseen_shift=unseen_shift, kernel_k=int(kernel_k),
+                                unseen_shift=unseen_shift, kernel_k=int(kernel_k), anchor=anchor, preset=preset,
                                 **module_kwargs)
         self.module = SCCVAEModule(adata.n_vars, self.labels.shape[1], len(self.train_perturbations),
                                    self.graph.mask, n_latent=n_latent, n_hidden=n_hidden, n_layers=n_layers,
@@ -150,14 +199,16 @@ def _data(self, device=None):
                                           counts_layer="counts" if self.module.likelihood == "nb" else None)
     return self._data
 
-def train(self, max_epochs: int | None = None, batch_size: int | None = None, *, preset: str = "paper",
+def train(self, max_epochs: int | None = None, batch_size: int | None = None, *, preset: str | None = None,
           pack: int | None = None, accelerator: str = "auto", device=None, seed: int | None = None,
           lr: float | None = None, checkpoint_dir=None, resume: bool = True, precision: str = "32",
           load_best: bool = True, progress: bool = True, **config) -> pd.DataFrame:
-    """Train; returns the per-epoch history. `preset`: 'paper' (default: the paper's settings, 100 epochs, batch
-    32, lr 5e-4) or 'fast' (small screens / CPU budgets: `sccvae.train.TRAIN_PRESETS`). Arguments left as None
+    """Train; returns the per-epoch history. `preset` (`sccvae.train.TRAIN_PRESETS`; None: 'paper' for a model
+    built with `preset='paper'`, else 'default'): 'default' (the 'fast' settings with 4 perturbations per step, what
+    the benchmark harness measured), 'paper' (the paper's settings, 100 epochs, batch 32, lr 5e-4) or 'fast'. Arguments left as None
     take the preset's value; extra keyword arguments override `TrainConfig` fields (e.g. `gamma`, `beta_max`,
     `recon_scale`, `adam_eps`, `weight_decay`, `clip_norm`, `clip_mode`, `lr_schedule`, `standardize_labels`)."""
+    if preset is None: preset = "paper" if self.preset == "paper" else "default"
     dev = get_device(accelerator, device)
     self.device = dev
     self.module.to(dev)
@@ -175,6 +226,9 @@ def train(self, max_epochs: int | None = None, batch_size: int | None = None, *,
     self.module.eval()
     self.is_trained = True
     if self.unseen_shift == "kernel" and len(self.train_perturbations) > 2: self.fit_shift_shrinkage(seed=cfg.seed)
+    if self.anchor_mode == "auto":
+        if len(self.train_perturbations) > 2: self.fit_anchor(seed=cfg.seed)
+        else: log.warning("anchor='auto' needs at least 3 training perturbations; predicting with SCCVAE alone")
     return self.history
 
 SCCVAE._data, SCCVAE.train = _data, train
@@ -283,6 +337,16 @@ def _clip_keep_mean(Y, n_cells, rng):
 def _lognorm(counts, target_sum):
     return np.log1p(counts * (target_sum / np.maximum(counts.sum(1, keepdims=True), 1.0))).astype(np.float32)
 
+def _recentre(Y, n_cells, D, ctrl, w):
+    """Shift each block of `n_cells` rows of `Y` (one perturbation each, rows of `D`) so that its mean change from
+    `ctrl` becomes (1 − w)·D + w·(its own mean change); blocks whose row of `D` is NaN are left as they are."""
+    B = Y.reshape(-1, n_cells, Y.shape[1])
+    ok = ~np.isnan(D[:, 0])
+    if ok.any():
+        cur = B[ok].mean(1, dtype=np.float64) - ctrl
+        B[ok] += ((1.0 - w) * (D[ok] - cur))[:, None].astype(np.float32)
+    return Y
+
 @torch.no_grad()
 def predict(self, perturbations, n_cells: int = 100, penetrance=None, *, seed: int = 0, labels=None,
             control_split: str | None = "train", batch_size: int = 8192, decoding: str | None = None,
@@ -329,6 +393,15 @@ def predict(self, perturbations, n_cells: int = 100, penetrance=None, *, seed: i
     per = max(1, batch_size // n_cells)
     n_neg = 0
     cols = torch.as_tensor(scd.target_columns(self.adata, perts), device=self.device)
+    seen = set(self.train_perturbations)
+    anchored = np.array([self.anchor is not None and p not in seen and p != scd.CONTROL for p in perts])
+    if anchored.any():   # unseen perturbations: mean change = (1 − w)·anchor + w·SCCVAE
+        D = np.full((len(perts), m), np.nan)
+        D[anchored] = self.anchor.predict(_label_rows(self, [p for p, a in zip(perts, anchored) if a], labels).cpu().numpy(),
+                                          scd.target_columns(self.adata, [p for p, a in zip(perts, anchored) if a]))
+        ctrl, w = self.anchor.control_mean_, float(self.anchor_weight)
+        recentre = lambda Y, s_: _recentre(Y, n_cells, D[s_:s_ + Y.shape[0] // n_cells], ctrl, w)
+    else: recentre = lambda Y, s_: Y
     for s in range(0, len(perts), per):
         u = (u0[None] + v[s:s + per, None]).reshape(-1, u0.shape[1])
         h = mod.add_on_target(mod.decode(u).float(), c[s:s + per].repeat_interleave(n_cells),
@@ -336,7 +409,7 @@ def predict(self, perturbations, n_cells: int = 100, penetrance=None, *, seed: i
         q = h.shape[0] // n_cells
         rows = slice(s * n_cells, s * n_cells + h.shape[0])
         if decoding == "mean":
-            out[rows] = mod.expected(h, None if lik != "nb" else torch.as_tensor(np.tile(lib, q))).float().cpu().numpy()
+            out[rows] = recentre(mod.expected(h, None if lik != "nb" else torch.as_tensor(np.tile(lib, q))).float().cpu().numpy(), s)
         elif lik == "nb":
             rho = torch.softmax(h, -1).cpu().numpy()
             if decoding == "sample":
@@ -345,13 +418,18 @@ def predict(self, perturbations, n_cells: int = 100, penetrance=None, *, seed: i
                 rho0 = torch.softmax(h0, -1).cpu().numpy()
                 k = _counterfactual_counts(rng, np.tile(k_ctrl, (q, 1)), np.tile(lib, q), rho, np.tile(rho0, (q, 1)))
             counts[rows] = k
-            out[rows] = _lognorm(k, ts)
+            Y = _lognorm(k, ts)
+            if anchored[s:s + q].any():     # recentred on the log scale: the counts no longer match these cells
+                Y = recentre(Y, s); n_neg += int((Y < 0).sum())
+                Y = _clip_keep_mean(Y, n_cells, rng) if clip else Y
+            out[rows] = Y
         else:
             if decoding == "sample":    # gaussian
                 sd = mod.px_var(h).sqrt().cpu().numpy()
                 Y = h.cpu().numpy() + sd * rng.standard_normal(sd.shape, dtype=np.float32)
             else:                       # counterfactual, log-normalised scale
                 Y = np.tile(x_ctrl, (q, 1)) + (h - h0.repeat(q, 1)).cpu().numpy()
+            Y = recentre(Y, s)
             n_neg += int((Y < 0).sum())
             out[rows] = _clip_keep_mean(Y, n_cells, rng) if clip else Y
     if decoding == "mean":
@@ -362,6 +440,10 @@ def predict(self, perturbations, n_cells: int = 100, penetrance=None, *, seed: i
     obs[scd.TARGET_KEY] = lab
     obs["penetrance"] = np.repeat(pen.penetrance.to_numpy(np.float32), n_cells)
     res = ad.AnnData(out, obs=obs, var=self.adata.var.copy())
+    counts_note = ""
+    if counts is not None and anchored.any():
+        counts, counts_note = None, ("layers['counts'] omitted: anchored cells are recentred on the log-normalised "
+                                     "scale, so sampled counts would not match X")
     if counts is not None: res.layers["counts"] = sp.csr_matrix(counts)
     sel = self.shift_selection
     res.uns[PREDICTION_KEY] = dict(
@@ -371,7 +453,9 @@ def predict(self, perturbations, n_cells: int = 100, penetrance=None, *, seed: i
         perturbations=np.asarray(perts, dtype=object), penetrance=pen.penetrance.to_numpy(np.float64),
         penetrance_source=np.asarray(pen.source.to_numpy(), dtype=object),
         shift_selection_mode=("none" if sel is None else sel.mode),
-        shift_selection_note=("" if sel is None else sel.label))
+        shift_selection_note=("" if sel is None else sel.label),
+        anchor=self.anchor_mode, anchor_weight=float(self.anchor_weight) if self.anchor is not None else 1.0,
+        anchored=np.asarray([p for p, a in zip(perts, anchored) if a], dtype=object), counts_note=counts_note)
     return res
 
 SCCVAE.predict = predict
@@ -469,6 +553,66 @@ def fit_shift_shrinkage(self, grid=(0.0, 0.25, 0.5, 0.75, 1.0), n_cells: int = 6
 
 SCCVAE.shift_of, SCCVAE.fit_shift_shrinkage, SCCVAE.kernel_weights = shift_of, fit_shift_shrinkage, _kernel_weights
 
+# %% ../nbs/40_model.ipynb #1ca90e87
+def _control_mean(self, chunk: int = 4096) -> np.ndarray:
+    "Mean log-normalised expression of the training control cells (float64)."
+    data = _data(self)
+    pool = data.controls("train" if self.split_key is not None else None)
+    tot = torch.zeros(data.n_genes, dtype=torch.float64, device=self.device)
+    for s in range(0, len(pool), chunk): tot += data.rows(pool[s:s + chunk]).double().sum(0)
+    return (tot / max(len(pool), 1)).cpu().numpy()
+
+@torch.no_grad()
+def _loo_changes(self, js, alpha: float, n_cells: int = 64, seed: int = 0, chunk: int = 16) -> np.ndarray:
+    """SCCVAE's held-out prediction of the mean change of training perturbations `js`: each one's kernel shift and
+    prior penetrance rebuilt from its neighbours only (never itself), decoded on `n_cells` control latents, minus the
+    decoded controls ('counterfactual') or the real training controls (other decodings)."""
+    mod = self.module.eval()
+    data = _data(self)
+    z, pick = _control_latents(self, n_cells, seed, return_index=True)
+    lib = data.count_rows(pick).sum(1) if mod.likelihood == "nb" else None
+    A = mod.adjacency()
+    u0 = scm_solve(z, A)
+    Ltr = data.labels.to(self.device)
+    Ttr = mod.shift_specific(Ltr)
+    learned = mod.penetrance.detach().float()
+    if self.decoding == "counterfactual": ref = mod.expected(mod.decode(u0), lib).float().mean(0).cpu().numpy()
+    else: ref = _control_mean(self)
+    out = np.empty((len(js), data.n_genes))
+    for s in range(0, len(js), chunk):
+        jt = torch.as_tensor(np.asarray(js[s:s + chunk]), device=self.device)
+        W = _kernel_weights(self, Ltr[jt], exclude=jt)
+        c = W @ learned                                                       # the 'prior' penetrance, held out
+        v = scm_solve(c[:, None] * mod.shift(Ltr[jt], specific=float(alpha) * (W @ Ttr)), A)
+        u = (u0[None] + v[:, None]).reshape(-1, u0.shape[1])
+        cols = data.target_cols[jt.cpu()].to(self.device)
+        h = mod.add_on_target(mod.decode(u), c.repeat_interleave(n_cells), cols.repeat_interleave(n_cells))
+        mean = mod.expected(h, None if lib is None else lib.repeat(len(jt))).float().view(len(jt), n_cells, -1).mean(1)
+        out[s:s + len(jt)] = mean.cpu().numpy() - ref
+    return out
+
+@torch.no_grad()
+def fit_anchor(self, n_folds: int = 5, n_cells: int = 64, max_perturbations: int = 300, seed: int = 0) -> pd.Series:
+    """Fit the mean anchor (`sccvae.anchor.MeanAnchor`: shared shift + cross-validated ridge on the label + on-target
+    change) on the training perturbations' pseudo-bulk changes, and choose the blend weight w of SCCVAE's own
+    prediction for unseen perturbations (mean change = (1 − w)·anchor + w·SCCVAE) on held-out training perturbations:
+    the anchor's out-of-fold predictions against SCCVAE's leave-one-out kernel predictions (`_loo_changes`). Sets
+    `anchor`, `anchor_weight`; returns the held-out error per w (`anchor_curve`)."""
+    from sccvae.anchor import MeanAnchor, blend_weight
+    ctrl = _control_mean(self)
+    delta = _train_pseudobulk(self).double().cpu().numpy() - ctrl
+    L = self.labels.loc[self.train_perturbations].to_numpy(np.float64)
+    cols = scd.target_columns(self.adata, self.train_perturbations)
+    anc = MeanAnchor(n_folds=n_folds, seed=seed).fit(delta, L, cols, ctrl, label_reference=self.labels.to_numpy(np.float64))
+    P = len(self.train_perturbations)
+    js = np.sort(np.random.default_rng([int(seed), 43]).choice(P, min(P, max_perturbations), replace=False))
+    curve = blend_weight(anc.oof_[js], _loo_changes(self, js, self.shift_alpha, n_cells, seed), delta[js])
+    self.anchor, self.anchor_weight, self.anchor_curve = anc, float(curve.idxmin()), curve
+    return curve
+
+SCCVAE.fit_anchor = fit_anchor
+
+
 # %% ../nbs/40_model.ipynb #16c890e2
 def _rows_of(adata, idx):
     X = adata.X[idx]
@@ -549,13 +693,18 @@ def save(self, dir_path, overwrite: bool = True) -> Path:
     write_csv(d / "labels.csv", self.labels)
     if self.history is not None: write_csv(d / "history.csv", self.history, index=False)
     if self.shift_selection is not None: self.shift_selection.save(d / "shift_selection")
+    if self.anchor is not None:
+        torch_save(d / "anchor.pt", {k: (torch.as_tensor(np.asarray(v, np.float64)) if isinstance(v, list) else v)
+                                     for k, v in self.anchor.state().items()})
     cfg = dict(format="sccvae-model", version=_version(), graph=self.graph.config(), init_params=self.init_params,
                train_perturbations=self.train_perturbations, var_names=list(map(str, self.var_names)),
                perturbation_key=self.perturbation_key,
                penetrance_overrides={p: dict(value=v, source=s) for p, (v, s) in self.penetrance_overrides.items()},
                train_config=self.train_config, is_trained=self.is_trained,
                best_epoch=getattr(self, "best_epoch", None), shift_alpha=self.shift_alpha,
-               shift_shrinkage=None if self.shift_shrinkage is None else self.shift_shrinkage.to_dict())
+               shift_shrinkage=None if self.shift_shrinkage is None else self.shift_shrinkage.to_dict(),
+               anchor_weight=float(self.anchor_weight),
+               anchor_curve=None if self.anchor_curve is None else self.anchor_curve.to_dict())
     write_json(d / "config.json", cfg)
     return d
 
@@ -575,6 +724,7 @@ def load(cls, dir_path, adata: ad.AnnData, *, accelerator: str = "auto", device=
     labels = pd.read_csv(d / "labels.csv", index_col=0)
     labels.index = labels.index.astype(str)
     ip = dict(cfg["init_params"])
+    ip.setdefault("preset", "paper")     # saved before model presets existed: the paper's defaults applied
     model = cls(adata, graph=graph, labels=labels, train_perturbations=cfg["train_perturbations"], **ip)
     model.module.load_state_dict(state)
     model.penetrance_overrides = {p: (float(o["value"]), o["source"]) for p, o in cfg["penetrance_overrides"].items()}
@@ -587,6 +737,15 @@ def load(cls, dir_path, adata: ad.AnnData, *, accelerator: str = "auto", device=
     model.shift_alpha = float(cfg.get("shift_alpha", 1.0))
     if cfg.get("shift_shrinkage"):
         model.shift_shrinkage = pd.Series({float(k): v for k, v in cfg["shift_shrinkage"].items()}, name="loo_mse")
+    if (d / "anchor.pt").exists():
+        from sccvae.anchor import MeanAnchor
+        st = torch.load(d / "anchor.pt", map_location="cpu", weights_only=True)
+        model.anchor = MeanAnchor.from_state({k: (v.numpy() if torch.is_tensor(v) else v) for k, v in st.items()})
+    elif model.anchor_mode == "auto" and model.is_trained:
+        raise FileNotFoundError(f"{d} was saved with anchor='auto' but has no anchor.pt; the folder is incomplete.")
+    model.anchor_weight = float(cfg.get("anchor_weight", 1.0))
+    if cfg.get("anchor_curve"):
+        model.anchor_curve = pd.Series({float(k): v for k, v in cfg["anchor_curve"].items()}, name="cv_mse")
     model.device = get_device(accelerator, device)
     model.module.to(model.device).eval()
     return model

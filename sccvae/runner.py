@@ -483,7 +483,7 @@ def run_fold(*, data=None, name: str = "demo", split: int = 0, graph: str = "ful
     times["baselines"] = time.perf_counter() - t
     # --- model ----------------------------------------------------------------------------------------------
     t = time.perf_counter()
-    model = SCCVAE(prep.adata, graph=graph, n_latent=n_latent, n_hidden=n_hidden, n_layers=n_layers,
+    model = SCCVAE(prep.adata, graph=graph, n_latent=n_latent, n_hidden=n_hidden, n_layers=n_layers, preset="paper",
                    labels=prep.labels, split_key="split", seed=seed, **gkw)
     tkw = dict(train_kwargs or {})
     if train_preset is not None: tkw["preset"] = train_preset

@@ -89,6 +89,8 @@ TRAIN_PRESETS = {
     "fast": dict(max_epochs=30, lr=1e-3, adam_eps=1e-8, gamma=1.0, lr_schedule="cosine", standardize_labels=True,
                  init_decoder_bias=True, keep="last"),
 }
+#: what `SCCVAE.train()` uses for the default model: 'fast' with 4 perturbation chunks per step (as benchmarked)
+TRAIN_PRESETS["default"] = dict(TRAIN_PRESETS["fast"], pack=4)
 
 # %% ../nbs/20_train.ipynb #0235a242
 def make_optimizer(module, cfg: TrainConfig, device) -> torch.optim.Optimizer:

@@ -173,7 +173,7 @@ def test_harness_tables_and_sanity(result, tmp_path):
     df = result.per_perturbation
     assert list(df.columns) == ["fold", "method", "perturbation", "metric", "column_set", "value"]
     assert set(df.method) == set(BENCHMARK_BASELINES) | {"sccvae_tiny"}
-    assert set(df.metric) == {"pearson_delta", "pearson_delta_pert", "edistance", "mmd2", "sd_ratio", "discrimination"}
+    assert set(df.metric) == {"pearson_delta", "pearson_delta_pert", "edistance", "mmd2", "sd_ratio", "sd_ratio_expressed", "discrimination"}
     # every perturbation scored exactly once per method, metric and column set, in exactly one fold
     assert (df.groupby(["method", "metric", "column_set", "perturbation"]).size() == 1).all()
     assert df.groupby("perturbation").fold.nunique().eq(1).all() and df.perturbation.nunique() == 12

@@ -17,7 +17,7 @@ def trained():
     adata = simulate_screen("tiny", seed=0)
     SCCVAE.setup_anndata(adata, perturbation_key="gene", control_group="non-targeting")
     D.apply_split(adata, D.ood_manifest(adata, n_folds=4, seed=0), 0)
-    model = SCCVAE(adata, n_latent=8, n_hidden=32, n_label_components=8)
+    model = SCCVAE(adata, n_latent=8, n_hidden=32, n_label_components=8, preset="paper")
     model.train(max_epochs=2, pack=4, progress=False, accelerator="cpu")
     unseen = sorted(set(adata.obs.loc[adata.obs.split == "test", "_scc_target"].astype(str)))
     return adata, model, unseen
@@ -126,7 +126,7 @@ def test_graph_modes_build(trained):
 
 def test_train_preset_fast_and_save_load(trained, tmp_path):
     adata, _, unseen = trained
-    m = SCCVAE(adata, n_latent=8, n_hidden=32, n_label_components=8)
+    m = SCCVAE(adata, n_latent=8, n_hidden=32, n_label_components=8, preset="paper")
     m.train(preset="fast", max_epochs=2, progress=False, accelerator="cpu")
     tc = m.train_config
     assert tc["preset"] == "fast" and tc["gamma"] == 1.0 and tc["lr"] == 1e-3 and tc["max_epochs"] == 2
@@ -166,7 +166,7 @@ def test_measured_gene_by_symbol_or_id_and_unmeasured_error(trained):
 @pytest.mark.parametrize("lik", ["gaussian", "nb"])
 def test_noise_models_save_load_and_valid_cells(trained, tmp_path, lik):
     adata, _, unseen = trained
-    m = SCCVAE(adata, n_latent=8, n_hidden=32, n_label_components=8, likelihood=lik)
+    m = SCCVAE(adata, n_latent=8, n_hidden=32, n_label_components=8, likelihood=lik, preset="paper")
     m.train(max_epochs=2, pack=4, progress=False, accelerator="cpu", preset="fast")
     assert np.isfinite(m.history.filter(like="train_").to_numpy()).all()
     for dec in ("sample", "counterfactual", "mean"):
