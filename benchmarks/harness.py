@@ -10,13 +10,18 @@ Screens:
              'non-targeting', 'multiple' and 'unassigned' excluded); 10 perturbations with a measured target
   datlinger  ../shared/data/datlinger2017_cropseq_jurkat.h5ad (Jurkat CROP-seq; obs 'target', control 'control')
   speed      the acceptance check: a simulated 20k-cell × 300-gene screen, 5 folds, the chosen configurations (default
-             sccvae_paper) + every baseline, folds in --workers single-threaded processes (default 2); prints the
+             sccvae_default) + every baseline, folds in --workers single-threaded processes (default 2); prints the
              wall time and the table
 
     python benchmarks/harness.py --screen speed
     python benchmarks/harness.py --screen tapseq
     python benchmarks/harness.py --screen sim --seeds 0 1 2 --effect-size 1.5
     python benchmarks/harness.py --screen datlinger --configs sccvae_paper,sccvae_gauss --max-epochs 10
+    python benchmarks/harness.py --screen sim --embedding-noise 0 0.5 1 2 inf --configs sccvae_anchor
+
+--embedding-noise (sim only): one run per noise level with the labels = the control-PCA label combined with
+`sccvae.synthetic.truth_embedding(noise)` (`sccvae.data.combine_labels`; 'inf' = the control-PCA label alone), then a
+table of Pearson Δ per method against the noise: how prediction of unseen genes grows with the embedding's quality.
 
 The shared data are read in place (never copied into the repository); a screen whose file is absent is skipped with a
 message (exit code 0).
@@ -66,7 +71,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--screen", required=True, choices=["sim", "tapseq", "datlinger", "speed"])
-    p.add_argument("--configs", default="sccvae_paper", help="comma-separated names of BENCHMARK_CONFIGS ('' for none)")
+    p.add_argument("--configs", default="sccvae_default", help="comma-separated names of BENCHMARK_CONFIGS ('' for none)")
     p.add_argument("--baselines", default="all", help="comma-separated names of BENCHMARK_BASELINES, 'all' or ''")
     p.add_argument("--n-folds", type=int, default=5)
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="sim: one screen and run per seed; others: run seeds")
@@ -80,6 +85,8 @@ def main(argv=None) -> int:
     p.add_argument("--accelerator", default="cpu")
     p.add_argument("--out", default=str(ROOT / "runs" / "benchmark"), help="results go to OUT/<screen>[_seedS]")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--embedding-noise", type=float, nargs="+", default=None,
+                   help="sim: label = control PCA + truth_embedding(noise) per value ('inf': control PCA alone)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if a.quiet else logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     import torch
@@ -90,6 +97,9 @@ def main(argv=None) -> int:
     bad = [c for c in configs if c not in BENCHMARK_CONFIGS]
     if bad: p.error(f"unknown configurations {bad}; use {list(BENCHMARK_CONFIGS)}")
     baselines = list(BENCHMARK_BASELINES) if a.baselines.strip().lower() == "all" else _names(a.baselines)
+    if a.embedding_noise is not None:
+        if a.screen != "sim": p.error("--embedding-noise needs --screen sim (the simulator knows the true shifts)")
+        return embedding_sweep(a, configs, baselines)
     results = []
     for seed in a.seeds:
         t0 = time.perf_counter()
@@ -116,6 +126,41 @@ def main(argv=None) -> int:
         pooled = BenchmarkResult(df, dict(results[0].settings, name=f"{a.screen} pooled over seeds {a.seeds}"))
         print(f"\n## pooled over seeds {a.seeds} (mean ± sd over all held-out perturbations)\n")
         print(pooled.to_markdown())
+    return 0
+
+
+def embedding_sweep(a, configs, baselines) -> int:
+    "One benchmark per --embedding-noise level on the simulator; prints Pearson Δ (all / no target) per method and noise."
+    import numpy as np, pandas as pd
+    from sccvae import data as scd
+    from sccvae.benchmark import benchmark
+    from sccvae.synthetic import truth_embedding
+    rows = []
+    for seed in a.seeds:
+        adata = load_screen("sim", seed=seed, sim_size=a.sim_size, effect_size=a.effect_size)
+        pca = scd.gene_embedding(adata, n_components=50, seed=seed)
+        for noise in a.embedding_noise:
+            labels = pca if not np.isfinite(noise) else scd.combine_labels(pca, truth_embedding(adata, noise, seed=seed), seed=seed)
+            name = f"sim_seed{seed}_noise{noise:g}"
+            res = benchmark(adata, configs=configs, baselines=baselines, n_folds=a.n_folds, seed=seed, labels=labels,
+                            n_eval_cells=a.n_eval_cells, max_epochs=a.max_epochs, accelerator=a.accelerator,
+                            workers=a.workers, out_dir=Path(a.out) / name, name=name)
+            st = res.summary(fmt=False)
+            st = st[st.metric == "pearson_delta"]
+            for _, r in st.iterrows():
+                rows.append(dict(seed=seed, noise=noise, method=r["method"], columns=r["column_set"], pearson_delta=r["mean"]))
+            print(f"done: {name}", flush=True)
+    df = pd.DataFrame(rows)
+    out = Path(a.out) / "embedding_sweep.csv"
+    out.parent.mkdir(parents=True, exist_ok=True); df.to_csv(out, index=False)
+    for cs in ("all", "no_target"):
+        tab = df[df["columns"] == cs].pivot_table(index="noise", columns="method", values="pearson_delta", aggfunc="mean")
+        tab = tab.sort_index()
+        print(f"\n## Pearson Δ ({'all genes' if cs == 'all' else 'target column left out'}) against embedding noise "
+              f"(noise inf = control-PCA label alone; mean over seeds {a.seeds})\n")
+        print("| noise | " + " | ".join(tab.columns) + " |\n|---|" + "---|" * len(tab.columns))
+        for nz, r in tab.iterrows(): print(f"| {nz:g} | " + " | ".join(f"{v:.3g}" for v in r) + " |")
+    print(f"\nresults: {out}")
     return 0
 
 

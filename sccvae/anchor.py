@@ -14,12 +14,17 @@ log = logging.getLogger("sccvae")
 
 
 # %% auto #0
-__all__ = ['log', 'RIDGE_GRID', 'ON_TARGET_MODELS', 'inner_folds', 'MeanAnchor', 'blend_weight']
+__all__ = ['log', 'RIDGE_GRID', 'LABEL_DIMS', 'GENE_RANKS', 'ON_TARGET_MODELS', 'inner_folds', 'MeanAnchor', 'blend_weight']
 
 # %% ../nbs/41_anchor.ipynb #e5e04e54
-#: ridge strengths tried, as multiples of the number of training perturbations (λ = s·P on z-scored labels);
-#: `inf` is the perturbed mean (the label carries nothing)
+#: ridge strengths tried, as multiples of the number of training perturbations (λ = s·P on labels scaled to unit
+#: average variance); `inf` is the perturbed mean (the label carries nothing)
 RIDGE_GRID = (0.01, 0.1, 1.0, 10.0, 100.0, np.inf)
+#: leading label components tried (the label is a PCA row: its first components carry most of the signal); None = all
+LABEL_DIMS = (5, 10, 20, None)
+#: ranks of the gene side tried: the ridge fits the training changes projected on their top-r principal axes over
+#: genes (Ahlmann-Eltze et al.'s linear model uses r = 10), which denoises the response; None = no projection
+GENE_RANKS = (10, None)
 #: how the target gene's own column moves: not at all, by the average change (log scale), or by a remaining
 #: fraction f of its control expression (CRISPRi / KO: log1p(f·expm1(m)) − m, m its control mean)
 ON_TARGET_MODELS = ("none", "constant", "fraction")
@@ -32,6 +37,15 @@ def inner_folds(n: int, n_folds: int = 5, seed: int = 0) -> np.ndarray:
     f = np.empty(n, np.int64)
     f[np.random.default_rng([int(seed), 41]).permutation(n)] = np.arange(n) % k
     return f
+
+def _gene_axes(Y, r: int) -> np.ndarray:
+    "Top-`r` principal axes over genes (G × r) of the rows of `Y` (already centred)."
+    r = int(min(r, *Y.shape))
+    if min(Y.shape) <= 2000: return np.linalg.svd(Y, full_matrices=False)[2][:r].T
+    import torch                                      # genome-wide: a randomized SVD instead of the full one
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return torch.svd_lowrank(torch.from_numpy(Y), q=min(r + 10, *Y.shape), niter=4)[2][:, :r].numpy()
 
 def _ridge(L, Y, lam):
     "Coefficients (d × G) of the ridge of centred Y (P × G) on L (P × d); λ = inf: zeros."
@@ -56,24 +70,31 @@ def _fit_on_target(model, resid, m):
 # %% ../nbs/41_anchor.ipynb #450ae988
 class MeanAnchor:
     """The model's starting point for the mean change of an unseen perturbation: the shift all training
-    perturbations share, plus a ridge map from the (z-scored) label to what is specific, plus an on-target term for
-    the target gene's own column. The ridge strength (`RIDGE_GRID`; λ = ∞ is the perturbed mean) and the on-target
-    model (`ON_TARGET_MODELS`) are chosen by `n_folds`-fold cross-validation over the training perturbations, so where
+    perturbations share, plus a ridge map from the label's leading components to what is specific, plus an on-target
+    term for the target gene's own column. The number of label components (`LABEL_DIMS`), the ridge strength
+    (`RIDGE_GRID`; λ = ∞ is the perturbed mean) and the on-target model (`ON_TARGET_MODELS`) are chosen by
+    `n_folds`-fold cross-validation over the training perturbations, so where
     the labels carry nothing the anchor is the perturbed mean (+ on-target change) and it never trusts them more than
     held-out perturbations allow. `oof_` keeps the out-of-fold predictions (P × G) that choose SCCVAE's blend weight."""
-    def __init__(self, ridge_grid=RIDGE_GRID, on_target_models=ON_TARGET_MODELS, n_folds: int = 5, seed: int = 0):
+    def __init__(self, ridge_grid=RIDGE_GRID, on_target_models=ON_TARGET_MODELS, n_folds: int = 5, seed: int = 0,
+                 label_dims=LABEL_DIMS, gene_ranks=GENE_RANKS):
         bad = [m for m in on_target_models if m not in ON_TARGET_MODELS]
         if bad: raise ValueError(f"on_target_models {bad} unknown; use a subset of {ON_TARGET_MODELS}.")
         if not len(ridge_grid): raise ValueError("ridge_grid is empty; give at least one ridge strength (inf = the mean).")
         self.ridge_grid, self.on_target_models = tuple(float(s) for s in ridge_grid), tuple(on_target_models)
         self.n_folds, self.seed = int(n_folds), int(seed)
+        self.label_dims = tuple(None if k is None else int(k) for k in label_dims)
+        if not self.label_dims: raise ValueError("label_dims is empty; give at least one (None = all label components).")
+        self.gene_ranks = tuple(None if r is None else int(r) for r in gene_ranks)
+        if not self.gene_ranks: raise ValueError("gene_ranks is empty; give at least one (None = no projection).")
 
     def fit(self, delta, labels, target_cols, control_mean, label_reference=None):
         """`delta`: training perturbations' mean change vs the control mean (P × G); `labels`: their labels (P × d);
         `target_cols`: each one's target column (−1: its target is not a measured gene); `control_mean` (G).
-        `label_reference`: rows whose mean and sd z-score the labels (default the training labels). Give the whole
-        gene-embedding table: with a handful of training perturbations their own sd is tiny in some directions, and an
-        unseen gene's label would be scaled far outside anything the ridge was fitted on."""
+        `label_reference`: rows whose mean and average variance centre and scale the labels (default the training
+        labels); one scale for all components keeps the PCA's ordering, so the ridge shrinks the weak trailing
+        components most. Give the whole gene-embedding table: with a handful of training perturbations their own spread
+        is tiny in some directions, and an unseen gene's label would land far outside anything the ridge was fitted on."""
         D = np.asarray(delta, np.float64); L = np.asarray(labels, np.float64)
         t = np.asarray(target_cols, np.int64).reshape(-1); m = np.asarray(control_mean, np.float64).reshape(-1)
         P, G = D.shape
@@ -83,25 +104,36 @@ class MeanAnchor:
         R = L if label_reference is None else np.asarray(label_reference, np.float64)
         if R.ndim != 2 or R.shape[1] != L.shape[1] or len(R) < 2 or not np.isfinite(R).all():
             raise ValueError(f"label_reference must be a finite table with >= 2 rows and {L.shape[1]} columns, got {R.shape}.")
-        self.label_mean_ = R.mean(0); self.label_scale_ = np.where(R.std(0) > 1e-8, R.std(0), 1.0)
+        # one scale for all components (their relative variance, the PCA's ordering, is kept), from the reference rows
+        self.label_mean_ = R.mean(0)
+        self.label_scale_ = float(np.sqrt(max(R.var(0).mean(), 1e-12)))
         Z = (L - self.label_mean_) / self.label_scale_
+        dims = sorted({min(k, L.shape[1]) if k is not None else L.shape[1] for k in self.label_dims})
         self.control_mean_ = m
         on = np.flatnonzero(t >= 0)
         folds = inner_folds(P, self.n_folds, self.seed)
         # off-target errors of every ridge strength, out of fold (each target's own column left out)
         mask = np.ones((P, G), bool); mask[on, t[on]] = False
-        oof = {s: np.zeros((P, G)) for s in self.ridge_grid}
-        for k in np.unique(folds):
-            tr, te = folds != k, folds == k
-            base, Y = self._offtarget_fit_data(D[tr], mask[tr])
-            for s in self.ridge_grid:
-                W = _ridge(Z[tr], Y, s * tr.sum())
-                oof[s][te] = base + Z[te] @ W
-        err = {s: float(((oof[s] - D) ** 2)[mask].mean()) for s in self.ridge_grid}
-        self.ridge_scale_ = min(err, key=lambda s: (err[s], -s))          # ties: the stronger ridge
-        self.ridge_curve_ = pd.Series(err, name="cv_mse_off_target").rename_axis("ridge_scale")
+        ranks = [r for r in self.gene_ranks if r is None or r < min(P - 1, G)] or [None]
+        cand = [(K, s, r) for K in dims for s in self.ridge_grid for r in ranks
+                if np.isfinite(s) or (K == dims[0] and r == ranks[-1])]       # λ = ∞ is the mean: once
+        def fold_predictions(cands):      # yields (candidate, held-out rows, their out-of-fold prediction)
+            for k in np.unique(folds):
+                tr, te = folds != k, folds == k
+                base, Y = self._offtarget_fit_data(D[tr], mask[tr])
+                Yr = {r: Y if r is None else Y @ (V := _gene_axes(Y, r)) @ V.T for r in {c[2] for c in cands}}
+                for K, s, r in cands:
+                    yield (K, s, r), te, base + Z[te, :K] @ _ridge(Z[tr, :K], Yr[r], s * tr.sum())
+        sse = dict.fromkeys(cand, 0.0)    # errors accumulated fold by fold: no P × G matrix per candidate is kept
+        for c, te, pred in fold_predictions(cand): sse[c] += float((((pred - D[te]) ** 2) * mask[te]).sum())
+        err = {c: v / max(mask.sum(), 1) for c, v in sse.items()}
+        # ties: the stronger ridge, fewer label components, the lower gene rank
+        self.label_dims_, self.ridge_scale_, self.gene_rank_ = min(
+            err, key=lambda c: (err[c], -c[1], c[0], -1 if c[2] is None else c[2]))
+        self.ridge_curve_ = pd.Series(err, name="cv_mse_off_target").rename_axis(["label_dims", "ridge_scale", "gene_rank"])
         # on-target model: its own column's change beyond the off-target prediction, out of fold
-        best = oof[self.ridge_scale_]
+        best = np.zeros((P, G))
+        for _, te, pred in fold_predictions([(self.label_dims_, self.ridge_scale_, self.gene_rank_)]): best[te] = pred
         ot_err = {}
         for om in self.on_target_models:
             pred = np.zeros(len(on))
@@ -119,7 +151,8 @@ class MeanAnchor:
             par = _fit_on_target(self.on_target_model_, D[tr, t[tr]], m[t[tr]])
             self.oof_[te, t[te]] = _on_target_value(self.on_target_model_, par, m[t[te]])
         self.base_, Y = self._offtarget_fit_data(D, mask)
-        self.W_ = _ridge(Z, Y, self.ridge_scale_ * P)
+        if self.gene_rank_ is not None: Y = Y @ (V := _gene_axes(Y, self.gene_rank_)) @ V.T
+        self.W_ = _ridge(Z[:, :self.label_dims_], Y, self.ridge_scale_ * P)
         self.on_target_param_ = _fit_on_target(self.on_target_model_, D[on, t[on]], m[t[on]])
         self.n_perturbations_ = P
         return self
@@ -136,7 +169,7 @@ class MeanAnchor:
         if not hasattr(self, "W_"): raise RuntimeError("MeanAnchor is not fitted: call .fit(...) first.")
         Z = (np.asarray(labels, np.float64) - self.label_mean_) / self.label_scale_
         t = np.asarray(target_cols, np.int64).reshape(-1)
-        out = self.base_[None] + Z @ self.W_
+        out = self.base_[None] + Z[:, :self.label_dims_] @ self.W_
         on = np.flatnonzero(t >= 0)
         if len(on) and self.on_target_model_ != "none":
             out[on, t[on]] = _on_target_value(self.on_target_model_, self.on_target_param_, self.control_mean_[t[on]])
@@ -144,16 +177,19 @@ class MeanAnchor:
 
     def state(self) -> dict:
         "JSON-able fitted state (for `SCCVAE.save`)."
-        return dict(label_mean=self.label_mean_.tolist(), label_scale=self.label_scale_.tolist(),
+        return dict(label_mean=self.label_mean_.tolist(), label_scale=float(self.label_scale_),
                     control_mean=self.control_mean_.tolist(), base=self.base_.tolist(), W=self.W_.tolist(),
-                    ridge_scale=self.ridge_scale_, on_target_model=self.on_target_model_,
+                    ridge_scale=self.ridge_scale_, label_dims=int(self.label_dims_),
+                    gene_rank=-1 if self.gene_rank_ is None else int(self.gene_rank_), on_target_model=self.on_target_model_,
                     on_target_param=self.on_target_param_, n_perturbations=self.n_perturbations_,
                     n_folds=self.n_folds, seed=self.seed)
 
     @classmethod
     def from_state(cls, st: dict) -> "MeanAnchor":
         a = cls(n_folds=st["n_folds"], seed=st["seed"])
-        for k in ("label_mean", "label_scale", "control_mean", "base", "W"): setattr(a, k + "_", np.asarray(st[k], np.float64))
+        for k in ("label_mean", "control_mean", "base", "W"): setattr(a, k + "_", np.asarray(st[k], np.float64))
+        a.label_scale_, a.label_dims_ = float(np.asarray(st["label_scale"])), int(st["label_dims"])
+        a.gene_rank_ = None if int(st["gene_rank"]) < 0 else int(st["gene_rank"])
         a.ridge_scale_, a.on_target_model_ = float(st["ridge_scale"]), st["on_target_model"]
         a.on_target_param_, a.n_perturbations_ = float(st["on_target_param"]), int(st["n_perturbations"])
         return a
@@ -161,7 +197,9 @@ class MeanAnchor:
     def __repr__(self):
         if not hasattr(self, "W_"): return "MeanAnchor(not fitted)"
         r = "∞ (perturbed mean)" if not np.isfinite(self.ridge_scale_) else f"{self.ridge_scale_:g}·P"
-        return (f"MeanAnchor({self.n_perturbations_} training perturbations; ridge λ = {r}; on-target "
+        g = "all genes" if self.gene_rank_ is None else f"gene rank {self.gene_rank_}"
+        return (f"MeanAnchor({self.n_perturbations_} training perturbations; ridge λ = {r} on {self.label_dims_} label "
+                f"components, {g}; on-target "
                 f"{self.on_target_model_} {self.on_target_param_:.3g})")
 
 def blend_weight(anchor_oof, model_oof, truth, grid=np.round(np.linspace(0, 1, 11), 2)) -> pd.Series:

@@ -147,10 +147,10 @@ def _add_benchmark_parser(sub):
     g.add_argument("--gene-symbol-key", type=_none_or(str), default=None, help="var column with gene symbols when var_names are ids")
     g.add_argument("--synthetic-size", default="tiny", help="preset of the simulated screen when --data is absent")
     g = b.add_argument_group("comparison")
-    g.add_argument("--configs", default="sccvae_paper",
+    g.add_argument("--configs", default="sccvae_default",
                    help="comma-separated SCCVAE configurations (names of sccvae.benchmark.BENCHMARK_CONFIGS: sccvae_paper, "
                         "sccvae_gauss, sccvae_gauss_cf, sccvae_nb, sccvae_nb_cf) and/or JSON files {name: config}; "
-                        "'' or none for baselines only (default sccvae_paper)")
+                        "'' or none for baselines only (default sccvae_default: SCCVAE(adata) as users get it)")
     g.add_argument("--baselines", default="all",
                    help="comma-separated baselines (names of sccvae.benchmark.BENCHMARK_BASELINES: control, perturbed_mean, "
                         "perturbed_mean_on_target, linear, nearest_1, nearest_3, ceiling); 'all' (default) or '' / none")

@@ -22,8 +22,8 @@ log = logging.getLogger("sccvae")
 __all__ = ['log', 'REGISTRY_KEY', 'TARGET_KEY', 'CONTROL', 'TARGET_SUM', 'DEFAULT_EXCLUDE', 'setup_anndata', 'get_registry',
            'gene_symbols', 'targets', 'perturbation_table', 'check_values', 'normalize', 'read_logreg_scores',
            'filter_perturbations', 'paper_subset', 'paper_folds', 'gene_embedding', 'perturbation_labels',
-           'ood_manifest', 'iid_manifest', 'split_columns', 'save_manifest', 'load_manifest', 'apply_split',
-           'target_columns', 'PerturbationData', 'PerturbationBatchSampler']
+           'read_gene_embedding', 'combine_labels', 'ood_manifest', 'iid_manifest', 'split_columns', 'save_manifest',
+           'load_manifest', 'apply_split', 'target_columns', 'PerturbationData', 'PerturbationBatchSampler']
 
 # %% ../nbs/01_data.ipynb #90a007a3
 REGISTRY_KEY = "_sccvae"
@@ -375,6 +375,68 @@ def perturbation_labels(adata: ad.AnnData, *, n_components: int = 50, seed: int 
     out.attrs = dict(emb.attrs, n_components=out.shape[1], seed=seed, missing=missing,
                      unmeasured=[p for p in absent if p in keep])
     return out
+
+# %% ../nbs/01_data.ipynb #ce485eee
+def read_gene_embedding(source, *, index_col=0, name: str | None = None) -> pd.DataFrame:
+    """A gene-embedding table (rows: gene symbols, columns: dimensions) from a DataFrame or a CSV / TSV / parquet
+    file (GO, STRING, GenePT or protein-LM embeddings users bring). Checks what would otherwise go silently wrong:
+    non-numeric or non-finite values, duplicated or empty gene names; returns float32 with stripped string names."""
+    label = name or (str(source) if not isinstance(source, pd.DataFrame) else "the embedding table")
+    if isinstance(source, pd.DataFrame): df = source.copy()
+    else:
+        path = Path(source)
+        if not path.exists(): raise FileNotFoundError(f"gene embedding {path} not found.")
+        suf = "".join(path.suffixes).lower()
+        if suf.endswith(".parquet") or suf.endswith(".pq"): df = pd.read_parquet(path)
+        elif suf.endswith((".tsv", ".tsv.gz", ".txt", ".txt.gz")): df = pd.read_csv(path, sep="\t", index_col=index_col)
+        elif suf.endswith((".csv", ".csv.gz")): df = pd.read_csv(path, index_col=index_col)
+        else: raise ValueError(f"{path}: unknown embedding format {suf!r}; give .csv, .tsv or .parquet (genes x dimensions).")
+    if df.shape[0] == 0 or df.shape[1] == 0: raise ValueError(f"{label} is empty ({df.shape[0]} genes x {df.shape[1]} dimensions).")
+    bad = [c for c in df.columns if not pd.api.types.is_numeric_dtype(df[c])]
+    if bad: raise ValueError(f"{label}: columns {bad[:5]} are not numeric; the table must be genes (index) x numeric dimensions "
+                             "(is the gene column read as data? set index_col).")
+    df.index = pd.Index(df.index.astype(str).str.strip(), name="gene")
+    if (df.index == "").any() or df.index.isin(["nan", "None"]).any():
+        raise ValueError(f"{label} has empty gene names; every row must be named by its gene symbol.")
+    if df.index.duplicated().any():
+        dup = list(df.index[df.index.duplicated()].unique()[:5])
+        raise ValueError(f"{label} names {int(df.index.duplicated().sum())} genes twice (e.g. {dup}); keep one row per gene.")
+    X = df.to_numpy(np.float64)
+    if not np.isfinite(X).all():
+        rows = list(df.index[~np.isfinite(X).all(1)][:5])
+        raise ValueError(f"{label} has NaN/inf values (genes {rows}); drop those genes rather than filling them: a "
+                         "missing gene must be absent, so it fails loudly where it is needed.")
+    return df.astype(np.float32)
+
+def combine_labels(*tables: pd.DataFrame, genes=None, n_components: int | None = 50, seed: int = 0) -> pd.DataFrame:
+    """One label table from several gene embeddings (e.g. the control-PCA `gene_embedding` and an external one): each
+    table scaled to unit average variance so none dominates by its units, restricted to the genes all of them have,
+    concatenated and rotated to its principal components (the leading columns carry the most variance, as the anchor's
+    choice of leading components expects). `genes`: genes that must be present (e.g. every perturbation to train on
+    or predict): any missing from a table raises a KeyError that names them — never a silent zero row."""
+    if not tables: raise ValueError("combine_labels needs at least one table.")
+    tabs = [read_gene_embedding(t, name=f"table {i}") for i, t in enumerate(tables)]
+    if genes is not None:
+        need = [str(g) for g in genes]
+        for i, t in enumerate(tabs):
+            miss = [g for g in need if g not in t.index]
+            if miss: raise KeyError(f"table {i} has no row for {len(miss)} required genes: {miss[:10]}; add them to the "
+                                    "embedding or leave those perturbations out.")
+    common = tabs[0].index
+    for t in tabs[1:]: common = common.intersection(t.index, sort=False)
+    if len(common) < 2: raise ValueError(f"the tables share {len(common)} genes; check that they use the same gene symbols.")
+    blocks = []
+    for t in tabs:
+        B = t.loc[common].to_numpy(np.float64); B = B - B.mean(0)
+        blocks.append(B / np.sqrt(max(B.var(0).mean(), 1e-12)))
+    X = np.hstack(blocks)
+    k = X.shape[1] if n_components is None else int(min(n_components, X.shape[1], len(common) - 1))
+    U, S, _ = np.linalg.svd(X, full_matrices=False)
+    out = pd.DataFrame((U[:, :k] * S[:k]).astype(np.float32), index=pd.Index(common, name="gene"),
+                       columns=[f"PC{i + 1}" for i in range(k)])
+    out.attrs = dict(combined=[t.shape[1] for t in tabs], n_components=k)
+    return out
+
 
 # %% ../nbs/01_data.ipynb #796731e9
 _SPLITS = ("train", "val", "test")

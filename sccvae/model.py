@@ -91,7 +91,7 @@ class SCCVAE:
                  n_edges: int | None = None, graph_seed: int = 0, split_key: str | None = "auto", seed: int = 0,
                  train_perturbations: list[str] | None = None, decoding: str | None = None,
                  unseen_shift: str | None = None, kernel_k: int = 10, anchor: str | None = None,
-                 preset: str = "default", **module_kwargs):
+                 anchor_weight: float | None = None, preset: str = "default", **module_kwargs):
         reg = scd.get_registry(adata)
         o = resolve_model_options(preset, adata.n_vars, n_latent=n_latent, n_hidden=n_hidden, decoding=decoding,
                                   unseen_shift=unseen_shift, anchor=anchor, **module_kwargs)
@@ -118,7 +118,11 @@ class SCCVAE:
             raise ValueError("anchor='auto' chooses how far SCCVAE moves the anchor from held-out predictions of the "
                              "training perturbations, which the kernel shift gives: use unseen_shift='kernel' (with "
                              "shift_mode='shared'), or anchor='none'.")
+        if anchor_weight is not None and not 0.0 <= float(anchor_weight) <= 1.0:
+            raise ValueError(f"anchor_weight={anchor_weight} must lie in [0, 1] (0: the anchor alone, 1: SCCVAE alone), "
+                             "or be None (chosen on held-out training perturbations).")
         self.anchor_mode, self.anchor, self.anchor_weight, self.anchor_curve = anchor, None, 1.0, None
+        self.fixed_anchor_weight = None if anchor_weight is None else float(anchor_weight)
         lik = module_kwargs.get("likelihood", "mse")
         self.decoding = ("mean" if lik == "mse" else "sample") if decoding is None else decoding
         if self.decoding not in DECODINGS: raise ValueError(f"decoding={decoding!r}: use one of {DECODINGS}.")
@@ -162,6 +166,7 @@ class SCCVAE:
                                 n_label_components=int(self.labels.shape[1]), label_seed=int(label_seed),
                                 graph_seed=int(graph_seed), split_key=split_key, seed=int(seed), decoding=self.decoding,
                                 unseen_shift=unseen_shift, kernel_k=int(kernel_k), anchor=anchor, preset=preset,
+                                anchor_weight=self.fixed_anchor_weight,
                                 **module_kwargs)
         self.module = SCCVAEModule(adata.n_vars, self.labels.shape[1], len(self.train_perturbations),
                                    self.graph.mask, n_latent=n_latent, n_hidden=n_hidden, n_layers=n_layers,
@@ -597,7 +602,8 @@ def fit_anchor(self, n_folds: int = 5, n_cells: int = 64, max_perturbations: int
     change) on the training perturbations' pseudo-bulk changes, and choose the blend weight w of SCCVAE's own
     prediction for unseen perturbations (mean change = (1 − w)·anchor + w·SCCVAE) on held-out training perturbations:
     the anchor's out-of-fold predictions against SCCVAE's leave-one-out kernel predictions (`_loo_changes`). Sets
-    `anchor`, `anchor_weight`; returns the held-out error per w (`anchor_curve`)."""
+    `anchor`, `anchor_weight` (unless the model was built with a fixed `anchor_weight`: 0 = the anchor alone, an
+    ablation); returns the held-out error per w (`anchor_curve`)."""
     from sccvae.anchor import MeanAnchor, blend_weight
     ctrl = _control_mean(self)
     delta = _train_pseudobulk(self).double().cpu().numpy() - ctrl
@@ -607,7 +613,8 @@ def fit_anchor(self, n_folds: int = 5, n_cells: int = 64, max_perturbations: int
     P = len(self.train_perturbations)
     js = np.sort(np.random.default_rng([int(seed), 43]).choice(P, min(P, max_perturbations), replace=False))
     curve = blend_weight(anc.oof_[js], _loo_changes(self, js, self.shift_alpha, n_cells, seed), delta[js])
-    self.anchor, self.anchor_weight, self.anchor_curve = anc, float(curve.idxmin()), curve
+    w = float(curve.idxmin()) if self.fixed_anchor_weight is None else self.fixed_anchor_weight
+    self.anchor, self.anchor_weight, self.anchor_curve = anc, w, curve
     return curve
 
 SCCVAE.fit_anchor = fit_anchor

@@ -13,7 +13,7 @@ import scipy.sparse as sp
 import anndata as ad
 
 # %% auto #0
-__all__ = ['TARGET_SUM', 'PRESETS', 'STYLES', 'simulate_screen', 'signal_ratio']
+__all__ = ['TARGET_SUM', 'PRESETS', 'STYLES', 'simulate_screen', 'signal_ratio', 'truth_embedding']
 
 # %% ../nbs/00_synthetic.ipynb #84409fdb
 TARGET_SUM = 1e4  # the normalisation the truth is computed at (same as sccvae.data.TARGET_SUM)
@@ -343,3 +343,22 @@ def signal_ratio(adata: ad.AnnData, # a screen with raw counts in `layers['count
     perts = [x for x in pd.unique(lab) if x != "control"]
     return pd.Series({q: np.linalg.norm(mean(np.flatnonzero(lab == q)) - mc) / noise for q in perts},
                      name="signal_ratio").sort_index()
+
+# %% ../nbs/00_synthetic.ipynb #1081d5c4
+def truth_embedding(adata: ad.AnnData, noise: float = 0.0, seed: int = 0) -> pd.DataFrame:
+    """A gene embedding of known informativeness for a simulated screen: each gene's true shift direction (its row of
+    the module loadings, normalised to sum 1 — the S_p the simulator applies when that gene is perturbed; zeros for
+    genes outside every module) plus Gaussian noise of `noise` times the embedding's sd. noise 0 is the truth, large
+    noise is no information; rows are gene symbols, so it plugs into `SCCVAE(labels=...)` or `combine_labels`."""
+    truth = adata.uns.get("sccvae_truth")
+    if truth is None or "loadings" not in truth:
+        raise ValueError("adata has no uns['sccvae_truth']['loadings']: truth_embedding needs a screen made by simulate_screen.")
+    if noise < 0: raise ValueError(f"noise={noise} must be >= 0.")
+    W = np.asarray(truth["loadings"], np.float64)
+    s = W.sum(1, keepdims=True)
+    E = np.where(s > 0, W / np.where(s > 0, s, 1.0), 0.0)
+    E = E + float(noise) * E.std() * np.random.default_rng([int(seed), 97]).standard_normal(E.shape)
+    sym = adata.var["gene_name"].astype(str).to_numpy() if "gene_name" in adata.var else adata.var_names.astype(str).to_numpy()
+    return pd.DataFrame(E.astype(np.float32), index=pd.Index(sym, name="gene"),
+                        columns=[f"truth{j}" for j in range(E.shape[1])])
+

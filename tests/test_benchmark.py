@@ -122,7 +122,7 @@ def test_named_configs():
     cfgs = resolve_configs(list(BENCHMARK_CONFIGS))
     assert {"sccvae_paper", "sccvae_gauss", "sccvae_gauss_cf", "sccvae_nb", "sccvae_nb_cf"} <= set(cfgs)
     p = cfgs["sccvae_paper"]
-    assert p["model"] == {"n_latent": 64, "n_hidden": 256} and p["train"] == {"preset": "fast", "max_epochs": 30, "pack": 4}
+    assert p["model"] == {"preset": "paper", "n_latent": 64, "n_hidden": 256} and p["train"] == {"preset": "fast", "max_epochs": 30, "pack": 4}
     assert p["shift"]["mode"] == "linear" and p["predict"] == {}
     assert cfgs["sccvae_nb_cf"]["model"]["likelihood"] == "nb" and cfgs["sccvae_nb_cf"]["model"]["decoding"] == "counterfactual"
     assert cfgs["sccvae_gauss"]["model"]["decoding"] == "sample"
@@ -192,7 +192,7 @@ def test_harness_tables_and_sanity(result, tmp_path):
     assert ((df[df.metric == "discrimination"].value >= 0) & (df[df.metric == "discrimination"].value <= 1)).all()
     # table and files
     md = result.to_markdown()
-    assert md.splitlines()[0].startswith("| metric | columns | control |") and md.count("\n") == 13
+    assert md.splitlines()[0].startswith("| metric | columns | control |") and md.count("\n") == 15
     files = result.save(tmp_path)
     assert {"per_perturbation", "summary", "summary_table", "timings", "settings", "manifest", "report"} <= set(files)
     st = json.loads((tmp_path / "settings.json").read_text())
