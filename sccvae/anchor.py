@@ -202,11 +202,24 @@ class MeanAnchor:
                 f"components, {g}; on-target "
                 f"{self.on_target_model_} {self.on_target_param_:.3g})")
 
-def blend_weight(anchor_oof, model_oof, truth, grid=np.round(np.linspace(0, 1, 11), 2)) -> pd.Series:
-    """Held-out error (MSE over perturbations and genes) of (1 − w)·anchor + w·model for each w in `grid`, from
-    out-of-fold predictions of the training perturbations; the chosen w is `curve.idxmin()` (ties: the smaller w)."""
+def blend_weight(anchor_oof, model_oof, truth, grid=np.round(np.linspace(0, 1, 11), 2),
+                 rule: str = "one_se") -> tuple[float, pd.DataFrame]:
+    """The weight w of the model in (1 − w)·anchor + w·model, from out-of-fold predictions of the training
+    perturbations (rows) and their true changes. Returns (w, curve): the curve has, for every w of `grid`, the held-out
+    error (MSE over perturbations and genes) and the standard error of its difference from the best w, paired over
+    perturbations. `rule="one_se"` (default) takes the smallest w whose error is within one such standard error of the
+    best: the model's held-out predictions are slightly optimistic (its decoder has seen every training perturbation),
+    and with a handful of perturbations the minimum is noise — so the anchor is kept unless the model's gain is clear.
+    `rule="min"` takes the minimum."""
+    if rule not in ("one_se", "min"): raise ValueError(f"rule={rule!r}: use 'one_se' or 'min'.")
     A, S, T = (np.asarray(x, np.float64) for x in (anchor_oof, model_oof, truth))
     if not (A.shape == S.shape == T.shape): raise ValueError(f"shapes differ: anchor {A.shape}, model {S.shape}, truth {T.shape}.")
-    curve = pd.Series({float(w): float((((1 - w) * A + w * S - T) ** 2).mean()) for w in grid}, name="cv_mse")
-    return curve.rename_axis("weight")
+    grid = np.asarray(sorted(float(w) for w in grid))
+    E = np.stack([(((1 - w) * A + w * S - T) ** 2).mean(1) for w in grid])      # weights × perturbations
+    best = int(E.mean(1).argmin())
+    Dif = E - E[best]
+    se = Dif.std(1, ddof=1) / np.sqrt(E.shape[1]) if E.shape[1] > 1 else np.zeros(len(grid))
+    curve = pd.DataFrame({"cv_mse": E.mean(1), "se_vs_best": se}, index=pd.Index(grid, name="weight"))
+    ok = Dif.mean(1) <= se if rule == "one_se" else np.arange(len(grid)) == best
+    return float(grid[np.flatnonzero(ok)[0]]), curve
 

@@ -603,7 +603,7 @@ def fit_anchor(self, n_folds: int = 5, n_cells: int = 64, max_perturbations: int
     prediction for unseen perturbations (mean change = (1 − w)·anchor + w·SCCVAE) on held-out training perturbations:
     the anchor's out-of-fold predictions against SCCVAE's leave-one-out kernel predictions (`_loo_changes`). Sets
     `anchor`, `anchor_weight` (unless the model was built with a fixed `anchor_weight`: 0 = the anchor alone, an
-    ablation); returns the held-out error per w (`anchor_curve`)."""
+    ablation); returns the held-out error per w and its standard error (`anchor_curve`, see `blend_weight`)."""
     from sccvae.anchor import MeanAnchor, blend_weight
     ctrl = _control_mean(self)
     delta = _train_pseudobulk(self).double().cpu().numpy() - ctrl
@@ -612,8 +612,8 @@ def fit_anchor(self, n_folds: int = 5, n_cells: int = 64, max_perturbations: int
     anc = MeanAnchor(n_folds=n_folds, seed=seed).fit(delta, L, cols, ctrl, label_reference=self.labels.to_numpy(np.float64))
     P = len(self.train_perturbations)
     js = np.sort(np.random.default_rng([int(seed), 43]).choice(P, min(P, max_perturbations), replace=False))
-    curve = blend_weight(anc.oof_[js], _loo_changes(self, js, self.shift_alpha, n_cells, seed), delta[js])
-    w = float(curve.idxmin()) if self.fixed_anchor_weight is None else self.fixed_anchor_weight
+    w, curve = blend_weight(anc.oof_[js], _loo_changes(self, js, self.shift_alpha, n_cells, seed), delta[js])
+    w = w if self.fixed_anchor_weight is None else self.fixed_anchor_weight
     self.anchor, self.anchor_weight, self.anchor_curve = anc, w, curve
     return curve
 
@@ -711,7 +711,7 @@ def save(self, dir_path, overwrite: bool = True) -> Path:
                best_epoch=getattr(self, "best_epoch", None), shift_alpha=self.shift_alpha,
                shift_shrinkage=None if self.shift_shrinkage is None else self.shift_shrinkage.to_dict(),
                anchor_weight=float(self.anchor_weight),
-               anchor_curve=None if self.anchor_curve is None else self.anchor_curve.to_dict())
+               anchor_curve=None if self.anchor_curve is None else self.anchor_curve.reset_index().to_dict(orient="list"))
     write_json(d / "config.json", cfg)
     return d
 
@@ -752,7 +752,7 @@ def load(cls, dir_path, adata: ad.AnnData, *, accelerator: str = "auto", device=
         raise FileNotFoundError(f"{d} was saved with anchor='auto' but has no anchor.pt; the folder is incomplete.")
     model.anchor_weight = float(cfg.get("anchor_weight", 1.0))
     if cfg.get("anchor_curve"):
-        model.anchor_curve = pd.Series({float(k): v for k, v in cfg["anchor_curve"].items()}, name="cv_mse")
+        model.anchor_curve = pd.DataFrame(cfg["anchor_curve"]).set_index("weight")
     model.device = get_device(accelerator, device)
     model.module.to(model.device).eval()
     return model
