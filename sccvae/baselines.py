@@ -20,7 +20,7 @@ log = logging.getLogger("sccvae")
 
 # %% auto #0
 __all__ = ['log', 'Baseline', 'ControlBaseline', 'PerturbedMeanBaseline', 'PerturbedMeanOnTargetBaseline', 'LinearBaseline',
-           'NearestPerturbationBaseline']
+           'NearestPerturbationBaseline', 'AnchorBaseline']
 
 # %% ../nbs/31_baselines.ipynb #417b1779
 def _pseudobulk(X, codes: np.ndarray, n: int) -> np.ndarray:
@@ -248,3 +248,24 @@ class NearestPerturbationBaseline(Baseline):
 
     def _delta(self, perturbations):
         return self.train_delta_[self._nn(perturbations)].mean(1)
+
+# %% ../nbs/31_baselines.ipynb #3500b924
+class AnchorBaseline(Baseline):
+    "The cross-validated mean anchor (`sccvae.anchor.MeanAnchor`) on the control-PCA labels (or `labels`), as a baseline."
+    name = "anchor"
+    def __init__(self, labels: pd.DataFrame | None = None, label_components: int = 50, n_folds: int = 5, seed: int = 0):
+        self.labels, self.label_components, self.n_folds, self.seed = labels, label_components, n_folds, seed
+
+    def _fit(self, adata):
+        from sccvae.anchor import MeanAnchor
+        self.labels_ = _labels_for(adata, self.labels, self.label_components, self.seed)
+        perts = [p for p in self.train_perturbations_ if p in self.labels_.index]
+        if len(perts) < 2: raise ValueError("AnchorBaseline needs at least 2 labelled training perturbations.")
+        idx = [self.train_perturbations_.index(p) for p in perts]
+        self.anchor_ = MeanAnchor(n_folds=self.n_folds, seed=self.seed).fit(
+            self.train_bulk_[idx] - self.control_mean_, _lookup(self.labels_, perts), scd.target_columns(adata, perts),
+            self.control_mean_, label_reference=self.labels_.to_numpy(np.float64))
+        self.target_cols_ = {s: int(j) for s, j in zip(self.labels_.index, scd.target_columns(adata, list(self.labels_.index)))}
+
+    def _delta(self, perturbations):
+        return self.anchor_.predict(_lookup(self.labels_, perturbations), [self.target_cols_.get(p, -1) for p in perturbations])

@@ -18,7 +18,7 @@ import anndata as ad
 from . import data as scd
 from . import metrics as M
 from .baselines import (Baseline, ControlBaseline, PerturbedMeanBaseline, PerturbedMeanOnTargetBaseline,
-                              LinearBaseline, NearestPerturbationBaseline)
+                              LinearBaseline, NearestPerturbationBaseline, AnchorBaseline)
 from .utils import write_csv, write_json, write_text
 
 log = logging.getLogger("sccvae")
@@ -181,6 +181,7 @@ LINEAR_COMPONENTS = 10
 def _linear(labels=None, seed=0):
     if labels is not None and labels.attrs.get("benchmark_default"): labels = labels.iloc[:, :LINEAR_COMPONENTS]
     return LinearBaseline(labels=labels, label_components=LINEAR_COMPONENTS, seed=seed)
+def _anchor(labels=None, seed=0): return AnchorBaseline(labels=labels, seed=seed)
 def _nearest(k, labels=None, seed=0):
     b = NearestPerturbationBaseline(k=k, labels=labels, seed=seed)
     b.name = f"nearest_{k}"
@@ -189,7 +190,8 @@ def _nearest(k, labels=None, seed=0):
 #: name → factory(labels=None, seed=0) of a fresh baseline; `ceiling` (None) is the split-half ceiling of the harness
 BENCHMARK_BASELINES: dict[str, Callable | None] = {
     "control": _control, "perturbed_mean": _perturbed_mean, "perturbed_mean_on_target": _on_target, "linear": _linear,
-    "nearest_1": functools.partial(_nearest, 1), "nearest_3": functools.partial(_nearest, 3), "ceiling": None,
+    "nearest_1": functools.partial(_nearest, 1), "nearest_3": functools.partial(_nearest, 3), "anchor": _anchor,
+    "ceiling": None,
 }
 DEFAULT_BASELINES = tuple(BENCHMARK_BASELINES)
 _LABEL_FREE = ("control", "perturbed_mean", "perturbed_mean_on_target", "ceiling")
