@@ -200,11 +200,47 @@ def _lognorm_rows(X, target_sum, chunk=20_000):
         out[s:s + chunk] = np.log1p(blk)
     return out
 
+def _count_scale_totals(X, n=2000, seed=0):
+    "Per-cell totals of `expm1(X)` (the count scale of log1p data) over up to `n` seeded random cells."
+    rows = np.sort(np.random.default_rng(seed).choice(X.shape[0], min(X.shape[0], n), replace=False))
+    B = X[rows]
+    if sp.issparse(B):
+        B = sp.csr_matrix(B, dtype=np.float64); np.expm1(B.data, out=B.data)
+        return np.asarray(B.sum(axis=1)).ravel()
+    return np.expm1(np.asarray(B, dtype=np.float64)).sum(axis=1)
+
+def _check_log_normalized(X, what="adata.X", max_spread: float = 3.0):
+    """Check that log-normalised-looking `X` was normalised for library size. Properly normalised cells have
+    near-constant totals of `expm1(X)` (the target sum); log1p of raw counts has integer `expm1(X)` and the cells'
+    library sizes as totals: raise. Totals that vary more than `max_spread`-fold (5th to 95th percentile) otherwise: warn."""
+    tot = _count_scale_totals(X)
+    tot = tot[tot > 0]
+    if tot.size < 2: return
+    lo, hi = np.percentile(tot, [5, 95])
+    if hi <= lo * 1.01: return                      # near-constant totals: normalised to a target sum
+    v = _sample_values(X).astype(np.float64)
+    v = v[v > 0]
+    r = np.expm1(v); k = np.round(r)
+    tol = 1e-5 * (1.0 + r) * (1.0 + v)             # float32 rounding of log1p(k), carried through expm1
+    if v.size and np.mean((np.abs(r - k) <= tol) & (k >= 1)) > 0.99:
+        raise ValueError(f"{what} looks like log1p of raw counts without total-count normalisation: expm1 of it gives "
+                         f"whole numbers and the cells' totals range {lo:.4g}..{hi:.4g} (5th..95th percentile) instead "
+                         "of one target sum. Pass the raw counts instead (e.g. `adata.X = np.expm1(adata.X)`, or "
+                         "`setup_anndata(..., layer='counts')`), or normalise the totals before log1p "
+                         "(`sc.pp.normalize_total(adata, target_sum=1e4); sc.pp.log1p(adata)`).")
+    if hi > max_spread * lo:
+        warnings.warn(f"{what} is used as log-normalised, but the cells' totals of expm1(X) vary {hi / lo:.3g}-fold "
+                      f"({lo:.4g}..{hi:.4g}, 5th..95th percentile), whereas log1p(normalize_total) data have one total "
+                      "per cell: was it normalised for library size? Pass the raw counts (preferred) or "
+                      "log1p(normalize_total(counts)); if genes were subset after normalising, this warning can be ignored.",
+                      UserWarning, stacklevel=3)
+
 # %% ../nbs/01_data.ipynb #e58d22c3
 def normalize(adata: ad.AnnData, *, target_sum: float = TARGET_SUM, keep_counts: bool = True) -> ad.AnnData:
     """Normalise once, in place: `X = log1p(counts / total * target_sum)` (float32), counts kept in `layers['counts']`.
 
-    Idempotent. Input that is already log-normalised is left as is (cast to float32)."""
+    Idempotent. Input that is already log-normalised is left as is (cast to float32); log1p of raw counts without
+    total-count normalisation is refused (and widely varying totals of expm1(X) warned about)."""
     reg = get_registry(adata)
     if reg.get("normalized"): return adata
     src = reg["layer"]
@@ -216,6 +252,7 @@ def normalize(adata: ad.AnnData, *, target_sum: float = TARGET_SUM, keep_counts:
         adata.X = _lognorm_rows(X, target_sum)
         reg.update(normalized="counts->log1p", target_sum=float(target_sum))
     else:
+        _check_log_normalized(X, what=f"adata.layers[{src!r}]" if src else "adata.X")
         log.info("expression is already log-normalised: using it as is")
         if src is not None: adata.X = X
         if adata.X.dtype != np.float32: adata.X = adata.X.astype(np.float32)
@@ -540,8 +577,8 @@ def save_manifest(manifest: pd.DataFrame, path) -> Path:
             manifest.to_csv(f, index=False)
     return path
 
-def load_manifest(path, adata: ad.AnnData | None = None) -> pd.DataFrame:
-    "Read a manifest; with `adata`, check that its cells and perturbations exist there."
+def load_manifest(path, adata: ad.AnnData | None = None, *, allow_missing: bool = False) -> pd.DataFrame:
+    "Read a manifest; with `adata`, check it against its cells and their perturbations (see `apply_split`)."
     import gzip
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
@@ -555,10 +592,36 @@ def load_manifest(path, adata: ad.AnnData | None = None) -> pd.DataFrame:
         raise ValueError(f"{path} lacks the columns `cell, perturbation, split_*`.")
     bad = set(np.unique(man[split_columns(man)].to_numpy())) - set(_SPLITS)
     if bad: raise ValueError(f"{path} has split values {sorted(bad)}; only {_SPLITS} are allowed.")
-    if adata is not None: _check_manifest(man, adata)
+    if adata is not None: _check_manifest(man, adata, allow_missing=allow_missing)
     return man
 
-def _check_manifest(man, adata):
+_SPLIT_TYPOS = {"training": "train", "tr": "train", "validation": "val", "valid": "val", "va": "val", "testing": "test",
+                "te": "test", "heldout": "test", "held_out": "test"}
+
+def _check_split_values(man, col):
+    "Raise unless every value of split column `col` is one of `_SPLITS` (a typo would drop cells silently)."
+    vals = man[col]
+    bad = sorted(set(vals[vals.notna()].astype(str)) - set(_SPLITS))
+    n_na = int(vals.isna().sum())
+    if not bad and not n_na: return
+    fix = {b: _SPLIT_TYPOS.get(b.strip().lower(), b.strip().lower()) for b in bad}
+    fix = {b: f for b, f in fix.items() if f in _SPLITS}
+    what = ", ".join([f"{b!r} ({int((vals.astype(str) == b).sum())} cells)" for b in bad] +
+                     ([f"missing ({n_na} cells)"] if n_na else []))
+    raise ValueError(f"manifest column {col!r} has split values {what}; only {list(_SPLITS)} (lower case) are allowed, "
+                     "and other values would leave cells out of every split. Fix the column"
+                     + (f", e.g. `manifest[{col!r}] = manifest[{col!r}].replace({fix})`" if fix else "") + ".")
+
+def _check_manifest(man, adata, allow_missing: bool = False):
+    "Positions of the manifest's cells in `adata`, after checking that it was made for this AnnData."
+    lack = [c for c in ("cell", "perturbation") if c not in man.columns]
+    if lack or not split_columns(man):
+        raise ValueError(f"the manifest lacks the column(s) {lack or ['split_*']}: it needs `cell, perturbation, split_*` "
+                         "(make one with `ood_manifest` / `iid_manifest`).")
+    dup = man.cell[man.cell.duplicated()]
+    if len(dup):
+        raise ValueError(f"the manifest lists {len(dup)} cells more than once (e.g. {dup.head(3).tolist()}); "
+                         "each cell needs one row: make the manifest again with `ood_manifest` / `iid_manifest`.")
     t = targets(adata)
     unknown_p = sorted(set(man.perturbation) - set(t.dropna().astype(str)))
     if unknown_p:
@@ -568,18 +631,42 @@ def _check_manifest(man, adata):
     if (pos < 0).any():
         raise ValueError(f"{int((pos < 0).sum())} manifest cells are not in this AnnData (e.g. "
                          f"{man.cell[pos < 0].head(3).tolist()}); use the manifest made for this file.")
+    t_all = np.array([str(x) if isinstance(x, str) else "<excluded>" for x in t.astype(object)], dtype=object)
+    want, have = man.perturbation.astype(str).to_numpy(), t_all[pos]
+    diff = np.flatnonzero(want != have)
+    if len(diff):
+        ex = "; ".join(f"{man.cell.iloc[i]}: manifest {want[i]!r}, AnnData {have[i]!r}" for i in diff[:3])
+        raise ValueError(f"{len(diff)} of {len(man)} manifest cells have another perturbation in the manifest than in "
+                         f"this AnnData (e.g. {ex}): the manifest was made for another file with the same cell names "
+                         "(or another `setup_anndata`), and held-out perturbations would land in training. Make a "
+                         "manifest for this AnnData (`ood_manifest(adata, ...)`) or use the one saved with it.")
+    listed = np.zeros(adata.n_obs, dtype=bool); listed[pos] = True
+    miss = np.flatnonzero(~listed & pd.Series(t_all).isin(set(want)).to_numpy())
+    if len(miss):
+        msg = (f"{len(miss)} cells of this AnnData (e.g. {adata.obs_names[miss[:3]].tolist()}) belong to perturbations "
+               f"the manifest splits (e.g. {sorted(set(t_all[miss]))[:5]}) but are not in the manifest, so they would "
+               "be in no split ('none'): the manifest was made for another version of this file.")
+        if not allow_missing:
+            raise ValueError(msg + " Make a manifest for this AnnData (`ood_manifest(adata, ...)`), or pass "
+                             "allow_missing=True to leave these cells out of every split.")
+        warnings.warn(msg + " They are left out (allow_missing=True).", UserWarning, stacklevel=3)
     return pos
 
-def apply_split(adata: ad.AnnData, manifest: pd.DataFrame, fold: int | str | None = None, *, key: str = "split") -> pd.Series:
+def apply_split(adata: ad.AnnData, manifest: pd.DataFrame, fold: int | str | None = None, *, key: str = "split",
+                allow_missing: bool = False) -> pd.Series:
     """Write the split of `fold` (an int for OOD manifests, None for IID) into `adata.obs[key]` and register it.
 
-    Cells not in the manifest get `'none'`. Raises if train or test would be empty."""
+    Cells of perturbations the manifest leaves out (e.g. filtered ones) get `'none'`. Raises if train or test would be
+    empty, if a split value is not one of 'train', 'val', 'test', if a cell's perturbation differs from the
+    manifest's (a manifest made for another file), or if cells of perturbations the manifest splits are missing from
+    it (`allow_missing=True`: they get 'none', with a warning)."""
     cols = split_columns(manifest)
     col = f"split_{fold}" if fold is not None else (cols[0] if len(cols) == 1 else None)
     if col is None or col not in manifest:
         raise ValueError(f"fold={fold!r} is not in the manifest (it has {cols}); pass one of "
                          f"{[c.removeprefix('split_') for c in cols]}.")
-    pos = _check_manifest(manifest, adata)
+    _check_split_values(manifest, col)
+    pos = _check_manifest(manifest, adata, allow_missing=allow_missing)
     s = np.full(adata.n_obs, "none", dtype=object)
     s[pos] = manifest[col].to_numpy()
     t = targets(adata).astype(object).to_numpy()

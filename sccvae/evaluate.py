@@ -139,6 +139,27 @@ def _control_labels(truth, key):
     if reg.get("perturbation_key") == key: labs |= set(np.atleast_1d(reg.get("control_group", [])).astype(str))
     return tuple(labs)
 
+def _check_finite(name, p, key):
+    "Raise if the predicted cells of method `name` hold NaN/inf (they would give NaN scores, or none)."
+    import scipy.sparse as sp
+    X = p.X
+    if sp.issparse(X):
+        X = X.tocsr()
+        bad = ~np.isfinite(X.data)
+        if not bad.any(): return
+        rows, n = np.unique(np.repeat(np.arange(X.shape[0]), np.diff(X.indptr))[bad]), int(bad.sum())
+    else:
+        rows, n = [], 0
+        for s in range(0, X.shape[0], 4096):
+            ok = np.isfinite(np.asarray(X[s:s + 4096]))
+            if not ok.all(): rows.extend((s + np.flatnonzero(~ok.all(1))).tolist()); n += int((~ok).sum())
+        if not n: return
+        rows = np.asarray(rows)
+    perts = sorted(set(p.obs[key].astype(str).to_numpy()[rows])) if key in p.obs else []
+    raise ValueError(f"the predictions of {name!r} have {n} NaN/inf values in {len(rows)} cells"
+                     + (f" (perturbations {perts[:5]})" if perts else "") + ": they cannot be scored. Predict them "
+                     "again with finite inputs (e.g. a finite `penetrance=`), or drop those cells before `evaluate`.")
+
 def evaluate(pred: ad.AnnData | Mapping[str, ad.AnnData], truth: ad.AnnData, control, *,
              perturbation_key: str | None = None, gene_sets: Mapping | None = None, metrics="all", device=None,
              seed: int = 0, n_pcs: int = 50, max_cells: int = 512, de_k: int = 20, use_bulk: bool = True,
@@ -159,6 +180,13 @@ def evaluate(pred: ad.AnnData | Mapping[str, ad.AnnData], truth: ad.AnnData, con
     bad = [k for k, v in preds.items() if not isinstance(v, ad.AnnData)]
     if bad: raise TypeError(f"predictions {bad} are not AnnData objects; pass {{method: AnnData}}.")
     key = perturbation_key or _default_key(truth)
+    for name, p in preds.items():
+        _check_finite(name, p, key)
+        b = p.uns.get(M.BULK_KEY) if use_bulk else None
+        if b is not None and not np.isfinite(np.asarray(b["X"], dtype=np.float64)).all():
+            bad = np.asarray(b["perturbations"]).astype(str)[~np.isfinite(np.asarray(b["X"], dtype=np.float64)).all(1)]
+            raise ValueError(f"the declared pseudo-bulk of {name!r} has NaN/inf values (perturbations "
+                             f"{bad.tolist()[:5]}): declare a finite bulk, or pass use_bulk=False to score the cells.")
     want = M.resolve_metrics(metrics)
     dev = get_device(device=device) if device is not None else get_device("auto")
     if gene_sets is None:

@@ -256,18 +256,42 @@ def set_penetrance(self, values, source: str = "user"):
         self.penetrance_overrides[str(p)] = (v, source)
     return self
 
+_PENETRANCE_FORMS = ("a finite float (one c for every perturbation), a dict or pd.Series {perturbation: finite float}, "
+                     "or None (the stored or learned values)")
+
+def _penetrance_value(v, what):
+    "A finite float from a scalar penetrance `v`; TypeError for bool/str/other types, ValueError for NaN/inf."
+    if isinstance(v, np.ndarray) and v.ndim == 0: v = v[()]
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{what}={v!r} ({type(v).__name__}) is not a penetrance: give {_PENETRANCE_FORMS}"
+                        + ("; a string is not converted, write the number itself (e.g. 1.0)" if isinstance(v, (str, bytes)) else "")
+                        + ".")
+    v = float(v)
+    if not np.isfinite(v):
+        raise ValueError(f"{what}={v}: a penetrance must be finite (NaN/inf give NaN cells); give {_PENETRANCE_FORMS}.")
+    return v
+
+def _check_penetrance(penetrance):
+    "The `penetrance=` argument validated: None, a finite float, or a dict {str: finite float}."
+    if penetrance is None: return None
+    if isinstance(penetrance, (dict, pd.Series)):
+        return {str(p): _penetrance_value(v, f"penetrance[{p!r}]") for p, v in penetrance.items()}
+    return _penetrance_value(penetrance, "penetrance")
+
 def resolve_penetrance(self, perturbations, penetrance=None) -> pd.DataFrame:
     """c and its source for each perturbation: `penetrance` argument (float or dict) > stored values
-    (`set_penetrance`, shift selection) > learned c_p > median of the learned c_p (unseen, with a warning)."""
+    (`set_penetrance`, shift selection) > learned c_p > median of the learned c_p (unseen, with a warning).
+    A `penetrance` of another type (bool, str, ...) raises a TypeError, a non-finite one a ValueError."""
+    penetrance = _check_penetrance(penetrance)
     learned = learned_penetrance(self)
     med = float(learned.median())
     rows, fallback = [], []
     for p in perturbations:
         p = str(p)
         if p == scd.CONTROL: rows.append((p, 0.0, "control")); continue
-        if isinstance(penetrance, (int, float, np.floating, np.integer)) and not isinstance(penetrance, bool):
-            rows.append((p, float(penetrance), "argument")); continue
-        if isinstance(penetrance, (dict, pd.Series)) and p in penetrance:
+        if isinstance(penetrance, float):
+            rows.append((p, penetrance, "argument")); continue
+        if isinstance(penetrance, dict) and p in penetrance:
             rows.append((p, float(penetrance[p]), "argument")); continue
         if p in self.penetrance_overrides:
             v, src = self.penetrance_overrides[p]; rows.append((p, v, src)); continue
@@ -366,6 +390,9 @@ def predict(self, perturbations, n_cells: int = 100, penetrance=None, *, seed: i
     sampled and counterfactual cells come with integer counts in `layers['counts']` (library size of the source
     control cell). `clip`: log-normalised values below 0 (impossible) are set to 0, keeping each gene's mean for
     sampled and counterfactual cells (`_clip_keep_mean`); the fraction that was below 0 is recorded."""
+    if not self.is_trained:
+        raise RuntimeError("this model is untrained (random weights): its predictions would be noise. Call "
+                           "`model.train()` first, or load a trained model with `SCCVAE.load(folder, adata)`.")
     perts = [str(p) for p in ([perturbations] if isinstance(perturbations, str) else perturbations)]
     if not perts: raise ValueError("no perturbations to predict.")
     mod = self.module.eval()
@@ -691,11 +718,39 @@ SCCVAE.select_penetrance = select_penetrance
 
 # %% ../nbs/40_model.ipynb #803f851e
 def save(self, dir_path, overwrite: bool = True) -> Path:
-    "Write the model to folder `dir_path`."
+    """Write the model to folder `dir_path`, atomically: every file (weights, config, labels, history, anchor,
+    shift selection) goes to a new folder beside it, which then replaces `dir_path` by renames, so an interrupted
+    save leaves the previous model folder whole (and no file of an older model lingers). `overwrite=True` replaces an
+    existing model folder (one with `config.json`) or an empty folder; a folder holding other files is refused."""
+    import os, shutil, uuid
     d = Path(dir_path)
-    if d.exists() and any(d.iterdir()) and not overwrite:
-        raise FileExistsError(f"{d} is not empty; pass overwrite=True or another folder.")
-    d.mkdir(parents=True, exist_ok=True)
+    if d.exists():
+        if not d.is_dir(): raise NotADirectoryError(f"{d} is a file; save the model to a folder.")
+        if any(d.iterdir()):
+            if not overwrite: raise FileExistsError(f"{d} is not empty; pass overwrite=True or another folder.")
+            if not (d / "config.json").exists():
+                raise FileExistsError(f"{d} holds files but is not an SCCVAE model folder (no config.json); saving "
+                                      "replaces the whole folder, so save to a new or empty folder (e.g. a subfolder).")
+        if Path.cwd().resolve().is_relative_to(d.resolve()):
+            raise ValueError(f"{d} is the working directory (or holds it); save the model to a subfolder.")
+    d.parent.mkdir(parents=True, exist_ok=True)
+    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = d.with_name(f".{d.name}.tmp-{tag}")
+    tmp.mkdir()
+    try: _write_model(self, tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True); raise
+    if not d.exists(): os.replace(tmp, d); return d
+    old = d.with_name(f".{d.name}.old-{tag}")
+    os.replace(d, old)                  # no atomic swap of two folders on POSIX: two renames, undone on failure
+    try: os.replace(tmp, d)
+    except BaseException:
+        os.replace(old, d); shutil.rmtree(tmp, ignore_errors=True); raise
+    shutil.rmtree(old, ignore_errors=True)
+    return d
+
+def _write_model(self, d: Path) -> Path:
+    "Write every file of the model folder into the new, empty folder `d` (see `save`)."
     torch_save(d / "model.pt", {k: v.detach().cpu() for k, v in self.module.state_dict().items()})
     write_csv(d / "labels.csv", self.labels)
     if self.history is not None: write_csv(d / "history.csv", self.history, index=False)
@@ -719,6 +774,11 @@ def save(self, dir_path, overwrite: bool = True) -> Path:
 def load(cls, dir_path, adata: ad.AnnData, *, accelerator: str = "auto", device=None) -> "SCCVAE":
     "Load a saved model onto `adata` (registered and normalised, with the training genes)."
     d = Path(dir_path)
+    if not d.exists():
+        left = sorted(d.parent.glob(f".{d.name}.old-*")) if d.parent.exists() else []
+        if left:
+            raise FileNotFoundError(f"{d} does not exist, but {left[-1]} does: a save over it was interrupted. Rename "
+                                    f"{left[-1].name} back to {d.name} to load the previous model.")
     if not (d / "config.json").exists(): raise FileNotFoundError(f"{d} has no config.json: not an SCCVAE model folder.")
     cfg = json.loads((d / "config.json").read_text())
     if cfg.get("format") != "sccvae-model": raise ValueError(f"{d}/config.json is not an SCCVAE model config.")

@@ -6,7 +6,7 @@ Docs: https://sccvae.github.io/sccvae/train.html.md"""
 
 # %% ../nbs/20_train.ipynb #7f5f4eae
 from __future__ import annotations
-import copy, math, os, time, warnings
+import copy, hashlib, json, math, os, time, warnings
 from dataclasses import dataclass, field, fields, asdict
 from pathlib import Path
 import numpy as np
@@ -154,6 +154,21 @@ def training_step(module, optimizer, x, y, labels_g, index, c, *, beta, cfg: Tra
 #: loss parts in the history: total, control reconstruction (MSE, or NLL for a noise model), perturbed-cell term
 #: (per-cell MSE for 'mse', per-perturbation mean MSE otherwise), KL, MMD²
 _PARTS = ("loss", "recon", "pert", "kl", "mmd")
+#: `TrainConfig` fields that do not change the trained weights: a checkpoint resumes under other values of these
+_RESUME_FREE = ("progress", "check_every")
+
+def _settings_hash(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+def _settings_diff(old: dict, new: dict) -> list[str]:
+    "'section.key: old -> new' for every setting that differs (sections: config, data; None: not recorded)."
+    out = []
+    for sec in ("config", "data"):
+        a, b = old.get(sec), new.get(sec)
+        if a is None or b is None: continue
+        for k in sorted(set(a) | set(b)):
+            if a.get(k) != b.get(k): out.append(f"{k}: {a.get(k)!r} -> {b.get(k)!r}")
+    return out
 
 class Trainer:
     """Fit `module` on `data` (a `sccvae.data.PerturbationData` whose perturbation codes index the module's
@@ -176,6 +191,7 @@ class Trainer:
         va = data.indices(val_split, controls=True) if val_split else torch.empty(0, dtype=torch.long)
         self.val_sampler = (PerturbationBatchSampler(data.codes, va, batch_size=cfg.batch_size, pack=cfg.pack,
                                                      shuffle=False, seed=cfg.seed) if len(va) else None)
+        self._n_cells = dict(train=int(len(tr)), val=int(len(va)))
         if self.val_sampler is None:
             warnings.warn("no validation cells: the best checkpoint is the last epoch.")
         self.labels0 = torch.cat([data.labels, data.labels.new_zeros(1, data.labels.shape[1])])  # row -1: control
@@ -319,10 +335,36 @@ class Trainer:
         return parts["recon"] + parts["pert"] + parts["kl"] + parts["mmd"]
 
     # --- checkpoints -------------------------------------------------------------------------------------
+    def run_settings(self) -> dict:
+        """What a resumed run must share with the run that wrote the checkpoint: the training settings (`config`,
+        without `_RESUME_FREE`) and the data (`data`: genes, perturbations, training and validation cells)."""
+        cfg = {k: v for k, v in asdict(self.cfg).items() if k not in _RESUME_FREE}
+        perts = hashlib.sha256("\n".join(self.data.perturbations).encode()).hexdigest()[:12]
+        data = dict(n_genes=int(self.data.n_genes), n_perturbations=len(self.data.perturbations),
+                    perturbations=perts, n_train_cells=self._n_cells["train"], n_val_cells=self._n_cells["val"])
+        return json.loads(json.dumps(dict(config=cfg, data=data), default=str))   # tuples as lists, as stored
+
     def state(self) -> dict:
+        st = self.run_settings()
         return dict(module=self.module.state_dict(), optimizer=self.optimizer.state_dict(),
                     generator=self.generator.get_state(), epoch=self.epoch, history=self.history,
-                    best=self.best, config=asdict(self.cfg), version=1)
+                    best=self.best, config=asdict(self.cfg), settings=st, settings_hash=_settings_hash(st), version=2)
+
+    def _check_resumable(self, st: dict, path):
+        "Refuse a checkpoint written under other settings: resuming it would silently mix two runs."
+        now = self.run_settings()
+        if st.get("settings_hash") == _settings_hash(now): return
+        old = st.get("settings")
+        if old is None:   # written before the settings were hashed (version 1): compare the config it stored
+            old = dict(config=json.loads(json.dumps({k: v for k, v in st.get("config", {}).items()
+                                                     if k not in _RESUME_FREE}, default=str)))
+        diff = _settings_diff(old, now)
+        if not diff and old.get("data") is not None: diff = ["(settings hash differs)"]
+        if diff:
+            raise ValueError(f"{path} was written by a run with other settings ({'; '.join(diff)}): resuming it "
+                             "would mix two runs. Pass the same settings to continue that run, another checkpoint_dir "
+                             "to keep it and train afresh, or resume=False to start over in this folder (its "
+                             "checkpoints are overwritten).")
 
     def load_state(self, st: dict):
         self.module.load_state_dict(st["module"]); self.optimizer.load_state_dict(st["optimizer"])
@@ -354,14 +396,19 @@ class Trainer:
     # --- the loop ----------------------------------------------------------------------------------------
     def fit(self, resume: bool = True, max_epochs: int | None = None) -> pd.DataFrame:
         """Train until `max_epochs` (default: the config's). With `resume` and an existing `last.pt` in the
-        checkpoint folder, continue from it. Returns the history."""
+        checkpoint folder, continue from it; a checkpoint written under other settings (`run_settings`) is refused.
+        The checkpoint folder is locked while training (`sccvae.runner.file_lock`): a second run on the same folder
+        waits, then resumes. Returns the history."""
+        if self.ckpt is None: return self._fit(resume, max_epochs)
+        from sccvae.runner import file_lock
+        with file_lock(self.ckpt / ".lock"): return self._fit(resume, max_epochs)
+
+    def _fit(self, resume, max_epochs):
         cfg = self.cfg
         E = int(max_epochs or cfg.max_epochs)
         if resume and self.ckpt is not None and (self.ckpt / "last.pt").exists():
             st = torch.load(self.ckpt / "last.pt", map_location=self.device, weights_only=False)
-            if st["config"].get("seed") != cfg.seed:
-                raise ValueError(f"{self.ckpt / 'last.pt'} was written with seed {st['config'].get('seed')}, not "
-                                 f"{cfg.seed}; pass the same seed, resume=False, or another checkpoint_dir.")
+            self._check_resumable(st, self.ckpt / "last.pt")
             self.load_state(st)
         if self.ckpt is not None:
             self.ckpt.mkdir(parents=True, exist_ok=True)
