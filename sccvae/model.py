@@ -48,9 +48,9 @@ ANCHORS = ("none", "auto")
 #: 'paper': Liu, Zhang & Uhler (2025) exactly (n_latent 512, hidden 1024, MSE decoder, softmax shift from an MLP).
 MODEL_PRESETS = {
     "default": dict(likelihood="gaussian", decoding="counterfactual", shift_mode="shared", on_target=True,
-                    unseen_shift="kernel", anchor="auto"),
+                    unseen_shift="kernel", anchor="auto", anchor_weight=0.0),
     "paper": dict(n_latent=512, n_hidden=1024, likelihood="mse", decoding=None, shift_mode="softmax",
-                  on_target=False, unseen_shift="mlp", anchor="none"),
+                  on_target=False, unseen_shift="mlp", anchor="none", anchor_weight="heldout"),
 }
 
 def default_sizes(n_genes: int) -> tuple[int, int]:
@@ -91,12 +91,12 @@ class SCCVAE:
                  n_edges: int | None = None, graph_seed: int = 0, split_key: str | None = "auto", seed: int = 0,
                  train_perturbations: list[str] | None = None, decoding: str | None = None,
                  unseen_shift: str | None = None, kernel_k: int = 10, anchor: str | None = None,
-                 anchor_weight: float | None = None, preset: str = "default", **module_kwargs):
+                 anchor_weight: float | str | None = None, preset: str = "default", **module_kwargs):
         reg = scd.get_registry(adata)
         o = resolve_model_options(preset, adata.n_vars, n_latent=n_latent, n_hidden=n_hidden, decoding=decoding,
-                                  unseen_shift=unseen_shift, anchor=anchor, **module_kwargs)
-        n_latent, n_hidden, decoding, unseen_shift, anchor = (o.pop(k) for k in ("n_latent", "n_hidden", "decoding",
-                                                                                 "unseen_shift", "anchor"))
+                                  unseen_shift=unseen_shift, anchor=anchor, anchor_weight=anchor_weight, **module_kwargs)
+        n_latent, n_hidden, decoding, unseen_shift, anchor, anchor_weight = (
+            o.pop(k) for k in ("n_latent", "n_hidden", "decoding", "unseen_shift", "anchor", "anchor_weight"))
         module_kwargs = o
         self.preset = preset
         if not reg.get("normalized"):
@@ -118,11 +118,11 @@ class SCCVAE:
             raise ValueError("anchor='auto' chooses how far SCCVAE moves the anchor from held-out predictions of the "
                              "training perturbations, which the kernel shift gives: use unseen_shift='kernel' (with "
                              "shift_mode='shared'), or anchor='none'.")
-        if anchor_weight is not None and not 0.0 <= float(anchor_weight) <= 1.0:
-            raise ValueError(f"anchor_weight={anchor_weight} must lie in [0, 1] (0: the anchor alone, 1: SCCVAE alone), "
-                             "or be None (chosen on held-out training perturbations).")
+        if anchor_weight != "heldout" and (isinstance(anchor_weight, (bool, str)) or not 0.0 <= float(anchor_weight) <= 1.0):
+            raise ValueError(f"anchor_weight={anchor_weight!r}: give a number in [0, 1] (0: the anchor's mean, 1: SCCVAE's "
+                             "own) or 'heldout' (chosen on held-out training perturbations, `fit_anchor`).")
         self.anchor_mode, self.anchor, self.anchor_weight, self.anchor_curve = anchor, None, 1.0, None
-        self.fixed_anchor_weight = None if anchor_weight is None else float(anchor_weight)
+        self.fixed_anchor_weight = None if anchor_weight == "heldout" else float(anchor_weight)
         lik = module_kwargs.get("likelihood", "mse")
         self.decoding = ("mean" if lik == "mse" else "sample") if decoding is None else decoding
         if self.decoding not in DECODINGS: raise ValueError(f"decoding={decoding!r}: use one of {DECODINGS}.")
@@ -166,7 +166,7 @@ class SCCVAE:
                                 n_label_components=int(self.labels.shape[1]), label_seed=int(label_seed),
                                 graph_seed=int(graph_seed), split_key=split_key, seed=int(seed), decoding=self.decoding,
                                 unseen_shift=unseen_shift, kernel_k=int(kernel_k), anchor=anchor, preset=preset,
-                                anchor_weight=self.fixed_anchor_weight,
+                                anchor_weight="heldout" if self.fixed_anchor_weight is None else self.fixed_anchor_weight,
                                 **module_kwargs)
         self.module = SCCVAEModule(adata.n_vars, self.labels.shape[1], len(self.train_perturbations),
                                    self.graph.mask, n_latent=n_latent, n_hidden=n_hidden, n_layers=n_layers,
@@ -393,8 +393,31 @@ def predict(self, perturbations, n_cells: int = 100, penetrance=None, *, seed: i
     if not self.is_trained:
         raise RuntimeError("this model is untrained (random weights): its predictions would be noise. Call "
                            "`model.train()` first, or load a trained model with `SCCVAE.load(folder, adata)`.")
+    if isinstance(n_cells, (bool, np.bool_)) or not isinstance(n_cells, (int, np.integer)):
+        raise TypeError(f"n_cells={n_cells!r} ({type(n_cells).__name__}) is not a number of cells: pass a positive "
+                        f"integer, e.g. n_cells={max(1, int(n_cells)) if isinstance(n_cells, float) and np.isfinite(n_cells) else 100}.")
+    if n_cells < 1:
+        raise ValueError(f"n_cells={n_cells}: predict at least one cell per perturbation (a positive integer, e.g. "
+                         "n_cells=100, or the number of true cells you compare with).")
     perts = [str(p) for p in ([perturbations] if isinstance(perturbations, str) else perturbations)]
     if not perts: raise ValueError("no perturbations to predict.")
+    raw_ctrl = [p for p in perts if p != scd.CONTROL and p in set(map(str, self.registry.get("control_group", [])))]
+    if raw_ctrl:
+        raise ValueError(f"{raw_ctrl[:3]} is the label of the control cells (control_group of setup_anndata), not a "
+                         f"perturbation; sccvae names control cells {scd.CONTROL!r}: predict [{scd.CONTROL!r}] for "
+                         "unperturbed cells, or leave it out of the list.")
+    if labels is not None:
+        w = self.labels.shape[1]
+        if not isinstance(labels, pd.DataFrame):
+            raise TypeError(f"labels= is a {type(labels).__name__}: pass a DataFrame indexed by gene symbol with {w} "
+                            "numeric columns (the model's label dimension), e.g. `sccvae.data.read_gene_embedding(...)`.")
+        nonnum = [c for c in labels.columns if not pd.api.types.is_numeric_dtype(labels[c])]
+        if labels.shape[1] != w or nonnum:
+            what = (f"{labels.shape[1]} columns" + (f", of which {nonnum[:3]} are not numeric" if nonnum else "")
+                    + (" (was the gene column read as data? use index_col=0)" if nonnum and labels.shape[1] == w + 1 else ""))
+            raise ValueError(f"labels= has {what}, but the model was trained on {w}-dimensional labels: pass a table "
+                             f"with {w} numeric columns indexed by gene symbol, made the way the model's labels were "
+                             f"(`model.labels`; e.g. the same embedding with n_components={w}).")
     mod = self.module.eval()
     lik = mod.likelihood
     decoding = self.decoding if decoding is None else decoding
@@ -770,6 +793,14 @@ def _write_model(self, d: Path) -> Path:
     write_json(d / "config.json", cfg)
     return d
 
+def _damaged(d: Path, name: str, err) -> Exception:
+    "The error of a missing, truncated or corrupt file `name` of model folder `d`."
+    why = "is missing" if err is None else f"is truncated or corrupt ({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''})"
+    cls_ = FileNotFoundError if err is None else ValueError
+    return cls_(f"{d / name} {why}: the model folder {d} is damaged (an interrupted copy or write, or files edited by "
+                "hand). Copy the folder again from where it was saved, or train and `model.save(...)` the model again; "
+                "a damaged folder cannot be loaded.")
+
 @classmethod
 def load(cls, dir_path, adata: ad.AnnData, *, accelerator: str = "auto", device=None) -> "SCCVAE":
     "Load a saved model onto `adata` (registered and normalised, with the training genes)."
@@ -780,20 +811,35 @@ def load(cls, dir_path, adata: ad.AnnData, *, accelerator: str = "auto", device=
             raise FileNotFoundError(f"{d} does not exist, but {left[-1]} does: a save over it was interrupted. Rename "
                                     f"{left[-1].name} back to {d.name} to load the previous model.")
     if not (d / "config.json").exists(): raise FileNotFoundError(f"{d} has no config.json: not an SCCVAE model folder.")
-    cfg = json.loads((d / "config.json").read_text())
-    if cfg.get("format") != "sccvae-model": raise ValueError(f"{d}/config.json is not an SCCVAE model config.")
+    try: cfg = json.loads((d / "config.json").read_text())
+    except (ValueError, UnicodeDecodeError) as e: raise _damaged(d, "config.json", e) from None
+    if not isinstance(cfg, dict) or cfg.get("format") != "sccvae-model":
+        raise ValueError(f"{d}/config.json is not an SCCVAE model config.")
+    for f in ("model.pt", "labels.csv"):
+        if not (d / f).exists(): raise _damaged(d, f, None)
     if list(map(str, adata.var_names)) != cfg["var_names"]:
         raise ValueError("adata's genes differ from the saved model's (names or order); load with the AnnData the "
                          "model was trained on, or subset it with `adata[:, genes]` in the saved order.")
-    state = torch.load(d / "model.pt", map_location="cpu", weights_only=True)
-    g = cfg["graph"]
-    graph = LatentGraph(g["mode"], state["mask"].numpy(), seed=g.get("seed"), nodes=g.get("nodes"), info=g.get("info", {}))
-    labels = pd.read_csv(d / "labels.csv", index_col=0)
-    labels.index = labels.index.astype(str)
-    ip = dict(cfg["init_params"])
+    try: state = torch.load(d / "model.pt", map_location="cpu", weights_only=True)
+    except Exception as e: raise _damaged(d, "model.pt", e) from None
+    try:
+        g = cfg["graph"]
+        graph = LatentGraph(g["mode"], state["mask"].numpy(), seed=g.get("seed"), nodes=g.get("nodes"), info=g.get("info", {}))
+        ip, tp = dict(cfg["init_params"]), cfg["train_perturbations"]
+    except (KeyError, TypeError, AttributeError) as e: raise _damaged(d, "config.json or model.pt", e) from None
+    try:
+        labels = pd.read_csv(d / "labels.csv", index_col=0)
+        labels.index = labels.index.astype(str)
+        if labels.shape[1] != int(ip.get("n_label_components", labels.shape[1])) or not all(
+                pd.api.types.is_numeric_dtype(labels[c]) for c in labels.columns):
+            raise ValueError(f"{labels.shape[1]} columns, config.json says {ip.get('n_label_components')} numeric ones")
+        if set(map(str, tp)) - set(labels.index): raise ValueError("training perturbations without a label row")
+    except (ValueError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        raise _damaged(d, "labels.csv", e) from None
     ip.setdefault("preset", "paper")     # saved before model presets existed: the paper's defaults applied
-    model = cls(adata, graph=graph, labels=labels, train_perturbations=cfg["train_perturbations"], **ip)
-    model.module.load_state_dict(state)
+    model = cls(adata, graph=graph, labels=labels, train_perturbations=tp, **ip)
+    try: model.module.load_state_dict(state)
+    except RuntimeError as e: raise _damaged(d, "model.pt", e) from None
     model.penetrance_overrides = {p: (float(o["value"]), o["source"]) for p, o in cfg["penetrance_overrides"].items()}
     if (d / "history.csv").exists(): model.history = pd.read_csv(d / "history.csv")
     if (d / "shift_selection.json").exists():
@@ -806,7 +852,8 @@ def load(cls, dir_path, adata: ad.AnnData, *, accelerator: str = "auto", device=
         model.shift_shrinkage = pd.Series({float(k): v for k, v in cfg["shift_shrinkage"].items()}, name="loo_mse")
     if (d / "anchor.pt").exists():
         from sccvae.anchor import MeanAnchor
-        st = torch.load(d / "anchor.pt", map_location="cpu", weights_only=True)
+        try: st = torch.load(d / "anchor.pt", map_location="cpu", weights_only=True)
+        except Exception as e: raise _damaged(d, "anchor.pt", e) from None
         model.anchor = MeanAnchor.from_state({k: (v.numpy() if torch.is_tensor(v) else v) for k, v in st.items()})
     elif model.anchor_mode == "auto" and model.is_trained:
         raise FileNotFoundError(f"{d} was saved with anchor='auto' but has no anchor.pt; the folder is incomplete.")

@@ -85,7 +85,12 @@ def test_default_preset_options(default_model):
     assert model.module.shift_mode == "shared" and model.module.on_target and model.unseen_shift == "kernel"
     assert model.anchor_mode == "auto" and model.anchor is not None
     assert model.train_config["preset"] == "default" and model.train_config["pack"] == 4
-    assert 0.0 <= model.anchor_weight <= 1.0 and model.anchor_weight in model.anchor_curve.index
+    assert model.anchor_weight == 0.0 and model.fixed_anchor_weight == 0.0       # the default: the anchor's mean
+    assert list(model.anchor_curve.columns) == ["cv_mse", "se_vs_best"] and 0.0 in model.anchor_curve.index
+    with pytest.raises(ValueError, match="heldout"):
+        SCCVAE(adata, n_latent=8, n_hidden=16, n_label_components=8, anchor_weight=1.5)
+    with pytest.raises(ValueError, match="heldout"):
+        SCCVAE(adata, n_latent=8, n_hidden=16, n_label_components=8, anchor_weight="0.5")
     assert default_sizes(74) == (64, 256) and default_sizes(8563) == (256, 1024) and default_sizes(10 ** 6) == (512, 2048)
     sized = SCCVAE(adata, n_label_components=8)
     assert sized.module.n_latent == default_sizes(adata.n_vars)[0]
@@ -93,12 +98,13 @@ def test_default_preset_options(default_model):
 
 def test_anchored_mean_is_the_blend(default_model):
     adata, model, unseen = default_model
-    w = model.anchor_weight
+    w = model.anchor_weight = 0.3                                              # any blend; the default is 0
     ctrl = model.anchor.control_mean_
     anc, model.anchor = model.anchor, None
     try: alone = model.predict(unseen, n_cells=40, seed=3, clip=False)       # SCCVAE alone, same draws
     finally: model.anchor = anc
     both = model.predict(unseen, n_cells=40, seed=3, clip=False)
+    model.anchor_weight = 0.0
     L = model.labels.loc[unseen].to_numpy(np.float64)
     A = anc.predict(L, D.target_columns(adata, unseen))
     for i, p in enumerate(unseen):
@@ -111,6 +117,18 @@ def test_anchored_mean_is_the_blend(default_model):
     # training perturbations are SCCVAE's own prediction
     seen = model.train_perturbations[:1]
     assert len(model.predict(seen, n_cells=5).uns["sccvae_prediction"]["anchored"]) == 0
+
+
+def test_heldout_weight(default_model):
+    adata, _, unseen = default_model
+    m = SCCVAE(adata, n_latent=8, n_hidden=16, n_label_components=8, anchor_weight="heldout")
+    m.train(max_epochs=1, progress=False, accelerator="cpu")
+    assert m.fixed_anchor_weight is None and m.anchor_weight in m.anchor_curve.index
+    c = m.anchor_curve
+    best = c.cv_mse.idxmin()
+    # the one-standard-error rule: the smallest w within one SE of the best
+    ok = (c.cv_mse - c.cv_mse[best]) <= c.se_vs_best
+    assert m.anchor_weight == c.index[ok.to_numpy()][0]
 
 
 def test_default_save_load_roundtrip(default_model, tmp_path):
