@@ -6,7 +6,7 @@ Docs: https://sccvae.github.io/sccvae/cli.html.md"""
 
 # %% ../nbs/51_cli.ipynb #63b8dd0b
 from __future__ import annotations
-import argparse, json, logging, os, sys, time
+import argparse, json, logging, os, sys, time, traceback
 from pathlib import Path
 
 # %% auto #0
@@ -16,7 +16,32 @@ __all__ = ['fold_kwargs', 'build_parser', 'main']
 def _none_or(kind):
     def f(s):
         return None if str(s).lower() in ("", "none", "null") else kind(s)
+    f.__name__ = getattr(kind, "__name__", "value")
     return f
+
+def _int_at_least(lo: int):
+    "argparse type: an integer >= `lo` (the message says which, and what to pass)."
+    def f(s):
+        try: v = int(str(s).strip())
+        except ValueError: raise argparse.ArgumentTypeError(f"{s!r} is not an integer; pass a whole number >= {lo}") from None
+        if v < lo: raise argparse.ArgumentTypeError(f"{v} is too small; pass a whole number >= {lo}")
+        return v
+    f.__name__ = f"integer >= {lo}"
+    return f
+
+def _positive_float(s):
+    try: v = float(s)
+    except ValueError: raise argparse.ArgumentTypeError(f"{s!r} is not a number; pass a positive number, e.g. 1e-3") from None
+    if not v > 0 or v == float("inf"): raise argparse.ArgumentTypeError(f"{s} is not a positive finite number; pass e.g. 1e-3")
+    return v
+
+def _fraction(s):
+    try: v = float(s)
+    except ValueError: raise argparse.ArgumentTypeError(f"{s!r} is not a number; pass a fraction in (0, 1], e.g. 0.03") from None
+    if not 0 < v <= 1: raise argparse.ArgumentTypeError(f"{s} is not a fraction in (0, 1]; pass e.g. 0.03")
+    return v
+
+_POS, _NONNEG = _int_at_least(1), _int_at_least(0)
 
 def _add_data_args(p):
     g = p.add_argument_group("data")
@@ -25,45 +50,51 @@ def _add_data_args(p):
     g.add_argument("--out-dir", default="runs", help="folder of all runs (default: runs)")
     g.add_argument("--perturbation-key", default="gene", help="obs column of perturbation labels (Replogle: gene)")
     g.add_argument("--control-group", default="non-targeting", help="label of control cells (Replogle: non-targeting)")
-    g.add_argument("--gene-symbol-key", type=_none_or(str), default=None,
-                   help="var column with gene symbols when var_names are ids (auto-detected for var['gene_name'])")
+    g.add_argument("--gene-symbol-key", default=None,
+                   help="var column with gene symbols when var_names are ids (default: var['gene_name'] when var_names "
+                        "are Ensembl ids; 'none': var_names are the symbols)")
+    g.add_argument("--collapse-guides", action="store_true", help="pool guide-level labels like EGR1_2 by target gene")
+    g.add_argument("--force-prepare", action="store_true",
+                   help="prepare the data again although OUT_DIR/NAME/prepared exists with other settings")
     g.add_argument("--fold-assignment", default=None, help="CSV perturbation,ood_test_split fixing the OOD folds (e.g. k562_ood_splits.csv)")
     g.add_argument("--manifest", default=None, help="a saved split manifest (.csv.gz) to use as is")
-    g.add_argument("--n-folds", type=int, default=5, help="OOD folds when no assignment is given (default 5)")
-    g.add_argument("--min-cells", type=_none_or(int), default=None, help="filter: keep perturbations with at least this many cells")
+    g.add_argument("--n-folds", type=_int_at_least(2), default=5, help="OOD folds when no assignment is given (default 5)")
+    g.add_argument("--min-cells", type=_none_or(_NONNEG), default=None, help="filter: keep perturbations with at least this many cells")
     g.add_argument("--min-score", type=_none_or(float), default=None, help="filter: keep perturbations with CV accuracy vs controls >= this")
     g.add_argument("--scores", default=None, help="filter: precomputed scores CSV in the paper's format (k562_essential_logreg_scores.csv)")
-    g.add_argument("--n-label-components", type=int, default=50, help="dimension of the perturbation labels (default 50)")
+    g.add_argument("--n-label-components", type=_POS, default=50, help="dimension of the perturbation labels (default 50)")
     g.add_argument("--synthetic-size", default="tiny", help="preset of the simulated screen when --data is absent (tiny|small|demo|k562)")
     g.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
 
 def _add_model_args(p):
     g = p.add_argument_group("model and training")
-    g.add_argument("--n-latent", type=int, default=512, help="latent nodes (paper: 512)")
-    g.add_argument("--n-hidden", type=int, default=1024, help="hidden units (paper: 1024)")
-    g.add_argument("--n-layers", type=int, default=2)
+    g.add_argument("--n-latent", type=_POS, default=512, help="latent nodes (paper: 512)")
+    g.add_argument("--n-hidden", type=_POS, default=1024, help="hidden units (paper: 1024)")
+    g.add_argument("--n-layers", type=_POS, default=2)
     g.add_argument("--causal-edges", default=None, help="DAG edge CSV for graph 'causal' (e.g. k562_gsp_dag_edges.csv)")
     g.add_argument("--causal-nodes", default=None, help="latent node order CSV for the DAG (e.g. k562_dag_genes.csv)")
-    g.add_argument("--random-density", type=_none_or(float), default=None, help="edge density of graph 'random' (default: match the causal DAG)")
-    g.add_argument("--max-epochs", type=int, default=100, help="epochs (paper: 100)")
-    g.add_argument("--batch-size", type=int, default=32, help="cells per perturbation chunk (paper: 32)")
-    g.add_argument("--pack", type=int, default=1, help="perturbation chunks per optimiser step (1: the paper)")
-    g.add_argument("--lr", type=_none_or(float), default=None, help="learning rate (default: the preset's; paper 5e-4)")
+    g.add_argument("--random-density", type=_none_or(_fraction), default=None, help="edge density of graph 'random' (default: match the causal DAG)")
+    g.add_argument("--max-epochs", type=_POS, default=100, help="epochs (paper: 100)")
+    g.add_argument("--batch-size", type=_POS, default=32, help="cells per perturbation chunk (paper: 32)")
+    g.add_argument("--pack", type=_POS, default=1, help="perturbation chunks per optimiser step (1: the paper)")
+    g.add_argument("--lr", type=_none_or(_positive_float), default=None, help="learning rate (default: the preset's; paper 5e-4)")
     g.add_argument("--train-preset", type=_none_or(str), default=None,
                    help="SCCVAE.train preset: paper (default) or fast (small screens, CPU budgets)")
     g.add_argument("--accelerator", default="auto", help="auto|cpu|cuda|mps")
     g = p.add_argument_group("shift selection and evaluation")
-    g.add_argument("--shift-mode", default="holdout", help="primary penetrance selection: holdout|oracle|linear|none")
-    g.add_argument("--eval-cells", default="holdout", help="holdout: score on half of the test cells (the other half selects c); all: the paper's protocol")
-    g.add_argument("--n-pred-cells", type=_none_or(int), default=None, help="predicted cells per perturbation (default: median test cells)")
-    g.add_argument("--max-eval-cells", type=int, default=512)
+    g.add_argument("--shift-mode", default="holdout", choices=("holdout", "oracle", "linear", "none"),
+                   help="primary penetrance selection: holdout|oracle|linear|none")
+    g.add_argument("--eval-cells", default="holdout", choices=("holdout", "all"),
+                   help="holdout: score on half of the test cells (the other half selects c); all: the paper's protocol")
+    g.add_argument("--n-pred-cells", type=_none_or(_POS), default=None, help="predicted cells per perturbation (default: median test cells)")
+    g.add_argument("--max-eval-cells", type=_POS, default=512)
     g.add_argument("--no-baselines", action="store_true", help="skip the four baselines")
     g.add_argument("--no-figures", action="store_true", help="skip the per-fold figures")
-    g.add_argument("--embedding", default="umap", help="umap|pca for the 2-D figures")
+    g.add_argument("--embedding", default="umap", choices=("umap", "pca"), help="umap|pca for the 2-D figures")
     g.add_argument("--force", action="store_true", help="redo finished folds")
 
 _DATA_KEYS = ("data", "out_dir", "perturbation_key", "control_group", "gene_symbol_key", "fold_assignment", "manifest",
-              "n_folds", "min_cells", "min_score", "scores", "n_label_components", "synthetic_size", "seed")
+              "n_folds", "min_cells", "min_score", "scores", "n_label_components", "synthetic_size", "seed", "collapse_guides")
 _MODEL_KEYS = ("n_latent", "n_hidden", "n_layers", "causal_edges", "causal_nodes", "random_density", "max_epochs",
                "batch_size", "pack", "lr", "train_preset", "accelerator", "shift_mode", "eval_cells", "n_pred_cells", "max_eval_cells",
                "embedding", "force")
@@ -78,6 +109,7 @@ def fold_kwargs(a) -> dict:
     kw["name"] = _run_name(a)
     if hasattr(a, "no_baselines"): kw["baselines"] = not a.no_baselines
     if hasattr(a, "no_figures"): kw["figures"] = not a.no_figures
+    if getattr(a, "force_prepare", False): kw["force_prepare"] = True
     return kw
 
 # %% ../nbs/51_cli.ipynb #97fad050
@@ -94,8 +126,15 @@ def build_parser() -> argparse.ArgumentParser:
     "The `sccvae` argument parser (sub-commands run, report, demo, prepare, fold, benchmark)."
     p = argparse.ArgumentParser(prog="sccvae", description="SCCVAE (Liu, Zhang & Uhler 2025): train, evaluate and report "
                                 "out-of-distribution predictions of genetic perturbation responses.")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging, and the traceback of an error")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    _add = sub.add_parser
+    def add_parser(*args, **kw):      # every sub-command takes --verbose too (after its name)
+        sp = _add(*args, **kw)
+        sp.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="debug logging, and the traceback of an error (errors are one line without it)")
+        return sp
+    sub.add_parser = add_parser
     r = sub.add_parser("run", help="run folds x graphs through papermill, one worker per GPU", description=
                        "Prepare the data once, run every (fold, graph) (papermill template nbs/90_run_fold.ipynb, one "
                        "worker process per GPU with a queue, CPU workers when there is no GPU), then write the report.")
@@ -104,15 +143,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--folds", default="0-4", help="folds to run, e.g. 0-4 or 0,2 (default 0-4)")
     g.add_argument("--graphs", default="full,conditional,causal,random", help="comma-separated graph modes")
     g.add_argument("--gpus", default="auto", help="GPU ids, e.g. 0,1; 'cpu' for none; default: every visible GPU")
-    g.add_argument("--workers", type=int, default=1, help="CPU worker processes when there is no GPU (default 1)")
+    g.add_argument("--workers", type=_POS, default=1, help="CPU worker processes when there is no GPU (default 1)")
     g.add_argument("--no-papermill", action="store_true", help="run folds directly (in-process with one CPU worker)")
     g.add_argument("--template", default=None, help="papermill template (default: nbs/90_run_fold.ipynb of the checkout)")
     g.add_argument("--no-report", action="store_true", help="do not write the pooled report at the end")
     g.add_argument("--dry-run", action="store_true", help="print the commands without running them")
     f = sub.add_parser("fold", help="run one fold and graph in this process", description="Run one (fold, graph) in this process.")
     _add_data_args(f); _add_model_args(f)
-    f.add_argument("--split", type=int, default=0, help="OOD fold")
-    f.add_argument("--graph", default="full", help="full|conditional|causal|random")
+    f.add_argument("--split", type=_NONNEG, default=0, help="OOD fold")
+    f.add_argument("--graph", default="full", choices=("full", "conditional", "causal", "random"), help="full|conditional|causal|random")
     f.add_argument("--kwargs", default=None, help="JSON object of run_fold keyword arguments (overrides the options)")
     rp = sub.add_parser("report", help="pool finished folds into report.md, tables and figures",
                         description="Pool the finished folds of a run folder (OUT_DIR/NAME) into report.md, tables/*.csv, figures/*.png.")
@@ -144,7 +183,8 @@ def _add_benchmark_parser(sub):
     g.add_argument("--perturbation-key", default="gene", help="obs column of perturbation labels")
     g.add_argument("--control-group", default="non-targeting", help="label of control cells")
     g.add_argument("--exclude", default="", help="comma-separated labels that are not single perturbations (e.g. multiple,unassigned)")
-    g.add_argument("--gene-symbol-key", type=_none_or(str), default=None, help="var column with gene symbols when var_names are ids")
+    g.add_argument("--gene-symbol-key", default=None, help="var column with gene symbols when var_names are ids "
+                   "(default: var['gene_name'] for Ensembl ids; 'none': var_names are the symbols)")
     g.add_argument("--synthetic-size", default="tiny", help="preset of the simulated screen when --data is absent")
     g = b.add_argument_group("comparison")
     g.add_argument("--configs", default="sccvae_default",
@@ -166,11 +206,49 @@ def _add_benchmark_parser(sub):
     g.add_argument("--out", default=None, help="output folder (default runs/benchmark/NAME, NAME the data file's stem or 'synthetic')")
 
 # %% ../nbs/51_cli.ipynb #b06528dc
+def _has_truth(path) -> bool:
+    "Whether the .h5ad at `path` is a simulated screen (its true DAG in uns['sccvae_truth'])."
+    import h5py
+    with h5py.File(path, "r") as f: return "uns" in f and "sccvae_truth" in f["uns"]
+
+def _check_args(a, folds=None, graphs=(), opt="--folds"):
+    """Validate what would otherwise fail only after minutes of work (the preparation, the baselines): the data and
+    other files, the accelerator, the training preset, the shift mode with the evaluation cells, the folds, a
+    causal graph without a DAG, and the run name. Raises with one clear message."""
+    from sccvae import runner
+    if getattr(a, "data", None): runner.check_h5ad(a.data)
+    for k in ("fold_assignment", "manifest", "scores", "causal_edges", "causal_nodes", "template"):
+        v = getattr(a, k, None)
+        if v and not Path(v).expanduser().is_file():
+            raise FileNotFoundError(f"--{k.replace('_', '-')} {v}: no such file; pass the path of an existing file.")
+    name = getattr(a, "name", None)
+    if name is not None and (not name.strip() or "/" in name or name in (".", "..")):
+        raise ValueError(f"--name {name!r} is not a folder name; pass a plain name without '/', e.g. --name k562.")
+    if hasattr(a, "accelerator"):
+        from sccvae.utils import get_device
+        get_device(a.accelerator)
+    if getattr(a, "train_preset", None) is not None:
+        from sccvae.train import TRAIN_PRESETS
+        if a.train_preset not in TRAIN_PRESETS:
+            raise ValueError(f"--train-preset {a.train_preset!r} is not one of {sorted(TRAIN_PRESETS)}.")
+    if getattr(a, "eval_cells", None) == "all" and getattr(a, "shift_mode", None) == "holdout":
+        raise ValueError("--shift-mode holdout needs --eval-cells holdout (half of the test cells select the "
+                         "penetrance); with --eval-cells all use --shift-mode oracle (the paper's choice).")
+    n = None if (getattr(a, "manifest", None) or getattr(a, "fold_assignment", None)) else getattr(a, "n_folds", None)
+    if folds is not None and n is not None and max(folds) >= n:
+        raise ValueError(f"folds {[k for k in folds if k >= n]} do not exist: there are {n} folds (0-{n - 1}); pass "
+                         f"{opt} within 0-{n - 1}, or more --n-folds.")
+    if "causal" in graphs and getattr(a, "data", None) and not getattr(a, "causal_edges", None) and not _has_truth(a.data):
+        raise ValueError(f"graph 'causal' needs a DAG: {a.data} is not a simulated screen (no true DAG), so pass "
+                         "--causal-edges EDGES.csv (and --causal-nodes), or leave 'causal' out of --graphs.")
+
 def _cmd_run(a):
     from sccvae import runner
     folds, graphs = runner.parse_folds(a.folds), [g.strip() for g in a.graphs.split(",") if g.strip()]
     bad = [g for g in graphs if g not in runner.GRAPHS]
     if bad: raise SystemExit(f"sccvae run: unknown graphs {bad}; use some of {','.join(runner.GRAPHS)}.")
+    _gpus(a.gpus)
+    _check_args(a, folds, graphs)
     kw = fold_kwargs(a)
     tasks = [dict(kw, split=k, graph=g) for k in folds for g in graphs]
     gpus = _gpus(a.gpus)
@@ -191,11 +269,29 @@ def _cmd_run(a):
     print(f"{len(tab) - len(failed)} of {len(tab)} tasks finished in {time.perf_counter() - t0:.0f} s")
     return 1 if len(failed) else 0
 
+def _fold_json(s) -> dict:
+    "The `--kwargs` JSON object, checked against `run_fold`'s keywords."
+    import inspect
+    from sccvae.runner import run_fold
+    try: kw = json.loads(s)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--kwargs is not valid JSON ({e.msg} at character {e.pos}): pass a JSON object in single "
+                         """quotes, e.g. --kwargs '{"lr": 0.001, "shift_modes": ["holdout"]}'.""") from None
+    if not isinstance(kw, dict):
+        raise ValueError(f"--kwargs is a JSON {type(kw).__name__}, not an object: pass run_fold keywords as "
+                         """{"name": value, ...}, e.g. --kwargs '{"lr": 0.001}'.""")
+    bad = sorted(set(kw) - set(inspect.signature(run_fold).parameters))
+    if bad: raise ValueError(f"--kwargs has keys {bad} that are not run_fold keywords; see `help(sccvae.runner.run_fold)`.")
+    return kw
+
 def _cmd_fold(a):
     from sccvae import runner
     kw = fold_kwargs(a)
     kw.update(split=a.split, graph=a.graph)
-    if a.kwargs: kw.update(json.loads(a.kwargs))
+    if a.kwargs: kw.update(_fold_json(a.kwargs))
+    if kw.get("data"): runner.check_h5ad(kw["data"])
+    b = argparse.Namespace(**{**vars(a), **kw})
+    _check_args(b, [int(kw["split"])], [kw["graph"]], opt="--split")
     r = runner.run_fold(**kw)
     print(repr(r))
     print(runner.md_table(r.summary(gene_set="all", family="parity")))
@@ -223,8 +319,9 @@ def _cmd_demo(a):
 
 def _cmd_prepare(a):
     from sccvae import runner, data as scd
+    _check_args(a)
     kw = {k: getattr(a, k) for k in _DATA_KEYS}
-    prep = runner.prepare(name=_run_name(a), **kw)
+    prep = runner.prepare(name=_run_name(a), force=a.force_prepare, **kw)
     print(repr(prep))
     if prep.filter_table is not None:
         ft = prep.filter_table
@@ -252,6 +349,10 @@ def _bench_configs(s):
             out[item] = BENCHMARK_CONFIGS[item]
     return out
 
+def _symbol_key(s):
+    "--gene-symbol-key for `setup_anndata`: unset -> 'auto', 'none' -> None (no symbol column)."
+    return "auto" if s is None else (None if str(s).lower() in ("none", "") else s)
+
 def _cmd_benchmark(a):
     import anndata as ad
     from sccvae import data as scd
@@ -263,6 +364,7 @@ def _cmd_benchmark(a):
     bad = [x for x in bls if x not in BENCHMARK_BASELINES]
     if bad: raise SystemExit(f"sccvae benchmark: unknown baselines {bad}; use some of {','.join(BENCHMARK_BASELINES)}.")
     cfgs = _bench_configs(a.configs)
+    _check_args(a)
     if a.data:
         adata = ad.read_h5ad(a.data)
         name = Path(a.data).name.split(".")[0]
@@ -272,7 +374,7 @@ def _cmd_benchmark(a):
         adata, name = simulate_screen(a.synthetic_size, seed=a.seed), "synthetic"
         key, ctrl = "gene", "non-targeting"
     scd.setup_anndata(adata, perturbation_key=key, control_group=ctrl, exclude=_names(a.exclude) or None,
-                      gene_symbol_key=a.gene_symbol_key)
+                      gene_symbol_key=_symbol_key(a.gene_symbol_key))
     scd.normalize(adata)
     out = Path(a.out) if a.out else Path("runs") / "benchmark" / name
     t0 = time.perf_counter()
@@ -285,11 +387,41 @@ def _cmd_benchmark(a):
 
 _COMMANDS = dict(run=_cmd_run, fold=_cmd_fold, report=_cmd_report, demo=_cmd_demo, prepare=_cmd_prepare, benchmark=_cmd_benchmark)
 
+def _out_folders(a) -> list:
+    "The folders a command writes to, innermost first (none for report and demo)."
+    if a.command in ("run", "fold", "prepare"): return [Path(a.out_dir) / _run_name(a), Path(a.out_dir)]
+    if a.command == "benchmark":
+        if a.out: return [Path(a.out)]
+        b = Path("runs") / "benchmark"
+        return [b / (Path(a.data).name.split(".")[0] if a.data else "synthetic"), b, Path("runs")]
+    return []
+
+def _remove_if_empty(d: Path):
+    "Remove the new folder `d` of a failed command when it holds nothing but lock files and empty folders."
+    if d is None or not d.is_dir(): return
+    files = [p for p in d.rglob("*") if not p.is_dir()]
+    if all(p.name.endswith(".lock") for p in files):
+        import shutil
+        shutil.rmtree(d, ignore_errors=True)
+
 def main(argv=None) -> int:
-    "Entry point of the `sccvae` console script."
+    """Entry point of the `sccvae` console script. An error is printed as one line (`sccvae COMMAND: error: ...`,
+    exit status 1; `--verbose` adds the traceback), and a run folder the failed command created holding nothing but
+    locks is removed."""
     p = build_parser()
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     if not a.command:
         p.print_help(); return 0
-    return _COMMANDS[a.command](a)
+    new = [d for d in _out_folders(a) if not d.exists()]
+    try: return _COMMANDS[a.command](a)
+    except KeyboardInterrupt:
+        print(f"sccvae {a.command}: interrupted", file=sys.stderr); return 130
+    except Exception as e:
+        for d in new: _remove_if_empty(d)
+        if a.verbose: traceback.print_exc()
+        msg = e.args[0] if isinstance(e, KeyError) and len(e.args) == 1 and isinstance(e.args[0], str) else str(e)
+        msg = " ".join(msg.split()) or repr(e)
+        print(f"sccvae {a.command}: error: {type(e).__name__}: {msg}" + ("" if a.verbose else " (--verbose shows the traceback)"),
+              file=sys.stderr)
+        return 1

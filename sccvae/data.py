@@ -6,7 +6,7 @@ Docs: https://sccvae.github.io/sccvae/data.html.md"""
 
 # %% ../nbs/01_data.ipynb #37f6332e
 from __future__ import annotations
-import json, logging, math, re, warnings
+import json, logging, math, re, warnings, zlib
 from pathlib import Path
 from collections.abc import Sequence
 import numpy as np
@@ -19,11 +19,12 @@ from .utils import atomic_path, get_device
 log = logging.getLogger("sccvae")
 
 # %% auto #0
-__all__ = ['log', 'REGISTRY_KEY', 'TARGET_KEY', 'CONTROL', 'TARGET_SUM', 'DEFAULT_EXCLUDE', 'setup_anndata', 'get_registry',
-           'gene_symbols', 'targets', 'perturbation_table', 'check_values', 'normalize', 'read_logreg_scores',
-           'filter_perturbations', 'paper_subset', 'paper_folds', 'gene_embedding', 'perturbation_labels',
-           'read_gene_embedding', 'combine_labels', 'ood_manifest', 'iid_manifest', 'split_columns', 'save_manifest',
-           'load_manifest', 'apply_split', 'target_columns', 'PerturbationData', 'PerturbationBatchSampler']
+__all__ = ['log', 'REGISTRY_KEY', 'TARGET_KEY', 'CONTROL', 'TARGET_SUM', 'DEFAULT_EXCLUDE', 'check_split_column', 'setup_anndata',
+           'get_registry', 'gene_symbols', 'targets', 'perturbation_table', 'check_values', 'normalize',
+           'read_logreg_scores', 'filter_perturbations', 'paper_subset', 'paper_folds', 'gene_embedding',
+           'perturbation_labels', 'read_gene_embedding', 'combine_labels', 'ood_manifest', 'iid_manifest',
+           'split_columns', 'save_manifest', 'load_manifest', 'apply_split', 'target_columns', 'PerturbationData',
+           'PerturbationBatchSampler']
 
 # %% ../nbs/01_data.ipynb #90a007a3
 REGISTRY_KEY = "_sccvae"
@@ -46,6 +47,32 @@ def _check_unique(adata):
             raise ValueError(f"{len(idx) - idx.nunique()} duplicated {what}, e.g. {dups}; "
                              f"make them unique first, e.g. with `{fix}`.")
 
+def _check_in_memory(adata, what="this function"):
+    "Refuse a backed AnnData (`read_h5ad(path, backed='r')`): its X is an on-disk dataset sccvae cannot read or write."
+    if getattr(adata, "isbacked", False):
+        raise ValueError(f"backed AnnData is not supported yet ({what} reads and rewrites adata.X, which stays on disk "
+                         f"in {adata.filename}): load it into memory with `adata = adata.to_memory()` (or "
+                         "`anndata.read_h5ad(path)` without backed=), subsetting it first if it does not fit.")
+
+def check_split_column(adata, key: str, what: str | None = None):
+    "Raise unless `adata.obs[key]` holds only 'train', 'val', 'test' (and 'none'); a typo would leave cells out."
+    vals = adata.obs[key]
+    s = vals.astype(str).where(vals.notna(), "<missing>")
+    counts = s.value_counts()
+    bad = sorted(v for v in counts.index if v not in _SPLITS + ("none",))
+    if not bad: return
+    fix = {b: _SPLIT_TYPOS.get(b.strip().lower(), b.strip().lower()) for b in bad}
+    fix = {b: f for b, f in fix.items() if f in _SPLITS}
+    numeric = all(b.lstrip("-").isdigit() for b in bad)
+    shown = ", ".join(f"{b!r} ({int(counts[b])} cells)" for b in bad[:6])
+    hint = (f" Map them, e.g. `adata.obs[{key!r}] = adata.obs[{key!r}].astype(str).replace({fix})`." if fix else
+            " Integer codes are not read as splits: map them to names, e.g. "
+            f"`adata.obs[{key!r}] = adata.obs[{key!r}].map({{0: 'train', 1: 'val', 2: 'test'}})`." if numeric else
+            " Write the split with `sccvae.data.apply_split(adata, manifest, fold)`.")
+    raise ValueError(f"{what or f'adata.obs[{key!r}]'} has split values {shown}; only {list(_SPLITS)} (lower case, "
+                     "and 'none' for unused cells) are read, so these cells would be in no split (e.g. no training "
+                     "cells at all)." + hint)
+
 def _parse_label(lab: str, controls: set, exclude: set, collapse_guides: bool):
     "Canonical target for one raw label: symbol, CONTROL, or None (excluded)."
     if lab in controls: return CONTROL
@@ -60,15 +87,16 @@ def _parse_label(lab: str, controls: set, exclude: set, collapse_guides: bool):
 
 # %% ../nbs/01_data.ipynb #b4aa8d5d
 def setup_anndata(adata: ad.AnnData, *, perturbation_key: str, control_group: str | Sequence[str],
-                  layer: str | None = None, split_key: str | None = None, gene_symbol_key: str | None = None,
+                  layer: str | None = None, split_key: str | None = None, gene_symbol_key: str | None = "auto",
                   exclude: Sequence[str] | None = None, collapse_guides: bool = False) -> ad.AnnData:
     """Register a Perturb-seq AnnData with sccvae (in place; returns it).
 
     `perturbation_key`: obs column of perturbation labels; `control_group`: the control label(s);
     `layer`: read expression from `adata.layers[layer]` instead of `X`; `split_key`: obs column with
-    train/val/test; `gene_symbol_key`: var column with gene symbols when var_names are ids (auto-detected
-    for Replogle's `gene_name`); `exclude`: extra labels that are not single perturbations;
+    train/val/test; `gene_symbol_key`: var column with gene symbols when var_names are ids ('auto', the
+    default: Replogle's `gene_name` when var_names are Ensembl ids; None: var_names are the symbols); `exclude`: extra labels that are not single perturbations;
     `collapse_guides`: map guide labels like `EGR1_2` to their target `EGR1`."""
+    _check_in_memory(adata, "setup_anndata")
     obs_cols = list(adata.obs.columns)
     if perturbation_key not in adata.obs:
         raise KeyError(f"perturbation_key={perturbation_key!r} is not a column of adata.obs (columns: {obs_cols}); "
@@ -79,9 +107,11 @@ def setup_anndata(adata: ad.AnnData, *, perturbation_key: str, control_group: st
         raise KeyError(f"layer={layer!r} is not in adata.layers ({list(adata.layers)}); pass layer=None to use adata.X.")
     if split_key is not None and split_key not in adata.obs:
         raise KeyError(f"split_key={split_key!r} is not a column of adata.obs; create it with `apply_split` or pass split_key=None.")
-    if gene_symbol_key is None and "gene_name" in adata.var and adata.n_vars and str(adata.var_names[0]).startswith("ENS"):
-        gene_symbol_key = "gene_name"
-        log.info("var_names look like Ensembl ids: using var['gene_name'] as gene symbols")
+    if split_key is not None: check_split_column(adata, split_key, f"setup_anndata(split_key={split_key!r}): adata.obs[{split_key!r}]")
+    ens = adata.n_vars > 0 and np.mean([str(v).startswith("ENS") for v in adata.var_names[:200]]) > 0.5
+    if isinstance(gene_symbol_key, str) and gene_symbol_key == "auto":
+        gene_symbol_key = "gene_name" if ens and "gene_name" in adata.var else None
+        if gene_symbol_key: log.info("var_names look like Ensembl ids: using var['gene_name'] as gene symbols")
     if gene_symbol_key is not None and gene_symbol_key not in adata.var:
         raise KeyError(f"gene_symbol_key={gene_symbol_key!r} is not a column of adata.var ({list(adata.var.columns)}); "
                        "pass the var column that holds gene symbols, or None if var_names are symbols.")
@@ -109,6 +139,17 @@ def setup_anndata(adata: ad.AnnData, *, perturbation_key: str, control_group: st
         log.warning("excluded %d cells whose labels are neither control nor a single perturbation: %s",
                     n_excl, dict(labs.head(10)))
     cats = [CONTROL] + sorted(set(target.dropna()) - {CONTROL})
+    if ens and gene_symbol_key is None and len(cats) > 1:
+        vn = set(map(str, adata.var_names))
+        unmatched = [p for p in cats[1:] if p not in vn]
+        if len(unmatched) > 0.5 * (len(cats) - 1):
+            cols = [c for c in adata.var.columns if adata.var[c].dtype == object or isinstance(adata.var[c].dtype, pd.CategoricalDtype)]
+            warnings.warn(f"var_names are Ensembl ids (e.g. {str(adata.var_names[0])!r}) but {len(unmatched)} of "
+                          f"{len(cats) - 1} perturbations (e.g. {unmatched[:3]}) are not among them, and no gene symbol "
+                          "column is used (gene_symbol_key=None), so their targets count as unmeasured genes (no label, "
+                          "no on-target effect): pass gene_symbol_key= the var column with the symbols"
+                          + (f" (var columns: {cols[:8]})" if cols else " (adata.var has no text column: add one)") + ".",
+                          UserWarning, stacklevel=2)
     adata.obs[TARGET_KEY] = pd.Categorical(target, categories=cats)
     if not collapse_guides:
         guide_like = [l for l in cats[1:] if _GUIDE_SUFFIX.search(l)]
@@ -128,6 +169,7 @@ def setup_anndata(adata: ad.AnnData, *, perturbation_key: str, control_group: st
 # %% ../nbs/01_data.ipynb #7e152913
 def get_registry(adata: ad.AnnData) -> dict:
     "The sccvae registry of `adata` (raises a clear error when `setup_anndata` was not run)."
+    _check_in_memory(adata, "sccvae")
     if REGISTRY_KEY not in adata.uns or TARGET_KEY not in adata.obs:
         raise ValueError("this AnnData is not registered: call "
                          "`sccvae.data.setup_anndata(adata, perturbation_key=..., control_group=...)` first.")
@@ -367,6 +409,7 @@ def gene_embedding(adata: ad.AnnData, *, n_components: int = 50, seed: int = 0,
     is_ctrl = (targets(adata) == CONTROL).to_numpy()
     if split_key is not None:
         if split_key not in adata.obs: raise KeyError(f"split_key={split_key!r} is not in adata.obs.")
+        check_split_column(adata, split_key)
         is_ctrl &= adata.obs[split_key].astype(str).to_numpy() == split
     ctrl = np.flatnonzero(is_ctrl)
     if len(ctrl) == 0:
@@ -582,12 +625,19 @@ def load_manifest(path, adata: ad.AnnData | None = None, *, allow_missing: bool 
     import gzip
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt") as f:
-        head = f.readline()
-        if not head.startswith("#sccvae-manifest"):
-            raise ValueError(f"{path} is not an sccvae manifest (first line should start with '#sccvae-manifest').")
-        man = pd.read_csv(f, dtype={"cell": str, "perturbation": str})
-    man.attrs = json.loads(head.split(" ", 1)[1])
+    try:
+        with opener(path, "rt") as f:
+            head = f.readline()
+            if not head.startswith("#sccvae-manifest"):
+                raise ValueError(f"{path} is not an sccvae manifest (first line should start with '#sccvae-manifest').")
+            man = pd.read_csv(f, dtype={"cell": str, "perturbation": str})
+        man.attrs = json.loads(head.split(" ", 1)[1])
+    except (EOFError, OSError, UnicodeDecodeError, json.JSONDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError,
+            zlib.error) as e:
+        if isinstance(e, FileNotFoundError): raise
+        raise ValueError(f"the manifest {path} is truncated or corrupt ({type(e).__name__}: {e}); it was not written "
+                         "completely (e.g. a killed run or a copy cut short): delete it and make it again "
+                         "(`save_manifest(ood_manifest(adata, ...), path)`, or prepare the run again).") from None
     if not {"cell", "perturbation"} <= set(man.columns) or not split_columns(man):
         raise ValueError(f"{path} lacks the columns `cell, perturbation, split_*`.")
     bad = set(np.unique(man[split_columns(man)].to_numpy())) - set(_SPLITS)
@@ -716,6 +766,7 @@ class PerturbationData:
         if split_key is not None and split_key not in adata.obs:
             raise KeyError(f"split_key={split_key!r} is not in adata.obs; call `apply_split(adata, manifest, fold)` first "
                            "or pass split_key=None to use every cell for training.")
+        if split_key is not None: check_split_column(adata, split_key)
         self.split = (adata.obs[split_key].astype(str).to_numpy() if split_key is not None
                       else np.full(adata.n_obs, "train", dtype=object))
         self.counts_layer = counts_layer

@@ -795,7 +795,9 @@ def _write_model(self, d: Path) -> Path:
 
 def _damaged(d: Path, name: str, err) -> Exception:
     "The error of a missing, truncated or corrupt file `name` of model folder `d`."
-    why = "is missing" if err is None else f"is truncated or corrupt ({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''})"
+    detail = str(err).splitlines()[0][:200] if err is not None and str(err) else ""
+    if "weights_only" in str(err) or "pickle" in str(err).lower(): detail = "not a readable weights file"  # torch's own advice
+    why = "is missing" if err is None else f"is truncated or corrupt ({type(err).__name__}{': ' + detail if detail else ''})"
     cls_ = FileNotFoundError if err is None else ValueError
     return cls_(f"{d / name} {why}: the model folder {d} is damaged (an interrupted copy or write, or files edited by "
                 "hand). Copy the folder again from where it was saved, or train and `model.save(...)` the model again; "

@@ -6,7 +6,7 @@ Docs: https://sccvae.github.io/sccvae/runner.html.md"""
 
 # %% ../nbs/50_runner.ipynb #c3586e75
 from __future__ import annotations
-import contextlib, hashlib, json, logging, os, shutil, time, warnings
+import contextlib, hashlib, json, logging, os, re, shutil, time, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from collections.abc import Mapping, Sequence
@@ -16,15 +16,15 @@ import scipy.sparse as sp
 import anndata as ad
 
 from . import data as scd
-from .utils import write_csv, write_json, write_text, write_h5ad
+from .utils import write_csv, write_json, write_text, write_h5ad, remove_stale_temps
 
 log = logging.getLogger("sccvae")
 
 # %% auto #0
 __all__ = ['log', 'GRAPHS', 'GRAPH_NAMES', 'BASELINES', 'SHIFT_MODES', 'TEMPLATE_PARAMS', 'DEMO_SETTINGS', 'QUICK_SETTINGS',
-           'method_name', 'file_lock', 'md_table', 'Prepared', 'load_screen', 'prepare', 'FoldContext', 'fold_context',
-           'split_predictions', 'run_baselines', 'FoldResult', 'expression_distance', 'run_fold', 'fold_figures',
-           'report', 'find_template', 'task_command', 'run_many', 'parse_folds', 'run_demo']
+           'method_name', 'file_lock', 'md_table', 'Prepared', 'check_h5ad', 'load_screen', 'prepare', 'FoldContext',
+           'fold_context', 'split_predictions', 'run_baselines', 'FoldResult', 'expression_distance', 'run_fold',
+           'fold_figures', 'report', 'find_template', 'task_command', 'run_many', 'parse_folds', 'run_demo']
 
 # %% ../nbs/50_runner.ipynb #8d267ff9
 GRAPHS = ("full", "conditional", "causal", "random")
@@ -90,8 +90,25 @@ def _fingerprint(data, synthetic_size, seed):
         return dict(kind="anndata", shape=list(data.shape), obs_names_sha1=h)
     p = Path(data).expanduser().resolve()
     if not p.exists(): raise FileNotFoundError(f"data file {p} does not exist; pass the path of an .h5ad file.")
+    check_h5ad(p)
     st = p.stat()
     return dict(kind="file", path=str(p), size=int(st.st_size), mtime=int(st.st_mtime))
+
+def check_h5ad(path) -> Path:
+    "Raise a clear error unless `path` is an existing `.h5ad` file (an HDF5 file, by its signature)."
+    p = Path(path).expanduser()
+    if not p.exists(): raise FileNotFoundError(f"data file {p} does not exist; pass the path of an .h5ad file.")
+    if p.is_dir():
+        raise IsADirectoryError(f"data {p} is a folder, not an .h5ad file; pass the .h5ad file itself (e.g. {p}/NAME.h5ad), "
+                                "or convert a 10x folder first (`sc.read_10x_mtx(folder).write_h5ad('screen.h5ad')`).")
+    if p.suffix != ".h5ad":
+        raise ValueError(f"data {p} is not an .h5ad file (suffix {p.suffix or 'none'!r}); convert it with anndata first "
+                         "(e.g. `anndata.read_csv(path).write_h5ad('screen.h5ad')`, or `sc.read_10x_h5(path).write_h5ad(...)`).")
+    with open(p, "rb") as f: sig = f.read(8)
+    if sig != b"\x89HDF\r\n\x1a\n":
+        raise ValueError(f"data {p} is named .h5ad but is not an HDF5 file (truncated, still downloading, or another "
+                         "format renamed): download or write it again (`adata.write_h5ad(path)`).")
+    return p
 
 def load_screen(data=None, *, synthetic_size: str = "tiny", seed: int = 0) -> ad.AnnData:
     "The input screen: an `.h5ad` path, an AnnData (copied), or `None` for `simulate_screen(synthetic_size, seed)`."
@@ -99,9 +116,7 @@ def load_screen(data=None, *, synthetic_size: str = "tiny", seed: int = 0) -> ad
         from sccvae.synthetic import simulate_screen
         return simulate_screen(synthetic_size, seed=seed)
     if isinstance(data, ad.AnnData): return data.copy()
-    p = Path(data).expanduser()
-    if p.suffix != ".h5ad": raise ValueError(f"{p} is not an .h5ad file; convert it with anndata first.")
-    return ad.read_h5ad(p)
+    return ad.read_h5ad(check_h5ad(data))
 
 _PREP_CACHE: dict = {}
 
@@ -120,10 +135,14 @@ def prepare(data=None, *, name: str = "demo", out_dir="runs", perturbation_key: 
             control_group="non-targeting", gene_symbol_key: str | None = None, perturbations: Sequence[str] | None = None,
             fold_assignment=None, manifest=None, n_folds: int = 5, val_frac: float = 0.15,
             min_cells: int | None = None, min_score: float | None = None, scores=None, n_label_components: int = 50,
-            seed: int = 0, synthetic_size: str = "tiny", force: bool = False) -> Prepared:
+            seed: int = 0, synthetic_size: str = "tiny", force: bool = False, collapse_guides: bool = False) -> Prepared:
     """Prepare (or reuse) `out_dir/name/prepared/`. `data`: .h5ad path, AnnData, or None (synthetic screen);
     `fold_assignment`: CSV `perturbation, ood_test_split` fixing the folds (and the perturbation set);
-    `manifest`: a saved manifest to use as is; `min_cells`/`min_score`/`scores`: the perturbation filter."""
+    `manifest`: a saved manifest to use as is; `min_cells`/`min_score`/`scores`: the perturbation filter;
+    `gene_symbol_key`: None auto-detects (Replogle's `var['gene_name']`), 'none' switches that off; `collapse_guides`:
+    pool guide labels like `EGR1_2` by target (see `setup_anndata`). Temporary files that killed runs left in
+    `out_dir/name` are removed first (`remove_stale_temps`)."""
+    gsk = "auto" if gene_symbol_key is None else (None if str(gene_symbol_key).lower() == "none" else gene_symbol_key)
     d = Path(out_dir) / name / "prepared"
     settings = dict(version=1, data=_fingerprint(data, synthetic_size, seed), perturbation_key=perturbation_key,
                     control_group=control_group, gene_symbol_key=gene_symbol_key,
@@ -134,18 +153,21 @@ def prepare(data=None, *, name: str = "demo", out_dir="runs", perturbation_key: 
                     val_frac=None if manifest is not None else float(val_frac), min_cells=min_cells, min_score=min_score,
                     scores=None if scores is None else str(Path(scores).resolve()),
                     n_label_components=int(n_label_components), seed=int(seed))
+    if collapse_guides: settings["collapse_guides"] = True     # only when set: older preparations stay valid
     settings = json.loads(json.dumps(settings))
     with file_lock(Path(out_dir) / name / ".prepare.lock"):
+        gone = remove_stale_temps(Path(out_dir) / name, before=time.time())
+        if gone: log.info("removed %d temporary files of killed runs, e.g. %s", len(gone), gone[0])
         if (d / "settings.json").exists() and not force:
             old = json.loads((d / "settings.json").read_text())
             if old == settings: return _read_prepared(d, settings)
             diff = {k: (old.get(k), settings.get(k)) for k in set(old) | set(settings) if old.get(k) != settings.get(k)}
             raise ValueError(f"{d} was prepared with other settings (old, new): {diff}. Use another run name, or "
-                             "force_prepare=True to prepare again (finished folds of the old preparation are then stale).")
+                             "force_prepare=True (`--force-prepare` on the command line) to prepare again (finished folds of the old preparation are then stale).")
         t0 = time.perf_counter()
         adata = load_screen(data, synthetic_size=synthetic_size, seed=seed)
         scd.setup_anndata(adata, perturbation_key=perturbation_key, control_group=control_group,
-                          gene_symbol_key=gene_symbol_key)
+                          gene_symbol_key=gsk, collapse_guides=collapse_guides)
         scd.normalize(adata)
         tab = scd.perturbation_table(adata).drop(index=scd.CONTROL, errors="ignore")
         keep = list(tab.index)
@@ -178,7 +200,7 @@ def prepare(data=None, *, name: str = "demo", out_dir="runs", perturbation_key: 
         adata = adata[cells].copy()
         adata.layers.clear()
         scd.setup_anndata(adata, perturbation_key=perturbation_key, control_group=control_group,
-                          gene_symbol_key=gene_symbol_key)  # categories of the kept perturbations only
+                          gene_symbol_key=gsk, collapse_guides=collapse_guides)  # categories of the kept perturbations only
         labels = scd.perturbation_labels(adata, n_components=n_label_components, seed=seed, perturbations=keep)
         if manifest is not None:
             man = scd.load_manifest(manifest, adata)
@@ -412,7 +434,7 @@ def run_fold(*, data=None, name: str = "demo", split: int = 0, graph: str = "ful
              shift_mode: str = "holdout", shift_modes: Sequence[str] | None = None, eval_cells: str = "holdout",
              n_pred_cells: int | None = None, max_eval_cells: int = 512, baselines: bool = True,
              figures: bool = True, embedding: str = "umap", modules: Mapping | None = None,
-             save_predictions: bool = True, force: bool = False, force_prepare: bool = False,
+             save_predictions: bool = True, force: bool = False, force_prepare: bool = False, collapse_guides: bool = False,
              progress: bool = True) -> FoldResult:
     """Run one OOD fold for one latent graph and write everything under `out_dir/name/split_<split>/<graph>/`.
 
@@ -444,7 +466,8 @@ def run_fold(*, data=None, name: str = "demo", split: int = 0, graph: str = "ful
     prep = prepare(data, name=name, out_dir=out_dir, perturbation_key=perturbation_key, control_group=control_group,
                    gene_symbol_key=gene_symbol_key, perturbations=perturbations, fold_assignment=fold_assignment,
                    manifest=manifest, n_folds=n_folds, min_cells=min_cells, min_score=min_score, scores=scores,
-                   n_label_components=n_label_components, seed=seed, synthetic_size=synthetic_size, force=force_prepare)
+                   n_label_components=n_label_components, seed=seed, synthetic_size=synthetic_size, force=force_prepare,
+                   collapse_guides=collapse_guides)
     gdir = Path(out_dir) / name / f"split_{int(split)}" / graph
     settings = _settings(name=name, split=int(split), graph=graph, prepared=prep.settings, n_latent=n_latent,
                          n_hidden=n_hidden, n_layers=n_layers, causal_edges=causal_edges, causal_nodes=causal_nodes,
@@ -806,10 +829,12 @@ def run_many(tasks: Sequence[dict], *, gpus: Sequence[int] | None = None, worker
             papermill = False
     prep_keys = ("data", "name", "out_dir", "perturbation_key", "control_group", "gene_symbol_key", "perturbations",
                  "fold_assignment", "manifest", "n_folds", "min_cells", "min_score", "scores", "n_label_components",
-                 "seed", "synthetic_size")
+                 "seed", "synthetic_size", "collapse_guides")
+    fp = any(t.get("force_prepare") for t in tasks)      # prepared once here, not again by every task
+    tasks = [dict(t, force_prepare=False) if "force_prepare" in t else t for t in tasks]
     for key in {json.dumps({k: t.get(k) for k in prep_keys if k in t}, sort_keys=True, default=str) for t in tasks}:
         pk = json.loads(key); pk.setdefault("data", None)
-        if not dry_run: prepare(**{k: v for k, v in pk.items()})
+        if not dry_run: prepare(**{k: v for k, v in pk.items()}, force=fp)
     slots = [str(g) for g in gpus] if gpus else [None] * max(1, int(workers))
     rows = []
     if not papermill and not gpus and len(slots) == 1:  # in-process, sequential
@@ -853,9 +878,14 @@ def parse_folds(s) -> list[int]:
     for part in str(s).split(","):
         part = part.strip()
         if not part: continue
-        if "-" in part:
-            a, b = part.split("-", 1); out += list(range(int(a), int(b) + 1))
-        else: out.append(int(part))
+        m = re.fullmatch(r"(\d+)\s*-\s*(\d+)|(\d+)", part)
+        if m is None:
+            raise ValueError(f"folds {s!r}: {part!r} is neither a fold number nor a range of them; write e.g. '0-4' or "
+                             "'0,2' (fold numbers start at 0).")
+        if m[3] is not None: out.append(int(m[3])); continue
+        a, b = int(m[1]), int(m[2])
+        if b < a: raise ValueError(f"folds {s!r}: the range {part!r} runs backwards and holds no fold; write '{b}-{a}'.")
+        out += list(range(a, b + 1))
     if not out: raise ValueError(f"no folds in {s!r}; write e.g. '0-4' or '0,2'.")
     return sorted(dict.fromkeys(out))
 

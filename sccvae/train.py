@@ -184,6 +184,12 @@ class Trainer:
                              f"{len(data.perturbations)} labelled perturbations; build both from the same labels.")
         self.ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
         cfg = self.cfg
+        if cfg.standardize_labels and len(data.perturbations) < 2:
+            raise ValueError(f"standardize_labels=True (part of the 'fast' and 'default' training presets) z-scores the "
+                             f"labels over the training perturbations, which needs at least 2, but there is "
+                             f"{len(data.perturbations)} ({list(data.perturbations)[:3]}): put more perturbations into the "
+                             "training split (check the split column / manifest), or train with preset='paper' (or "
+                             "standardize_labels=False).")
         self.pool = data.controls(train_split).to(self.device)
         tr = data.indices(train_split, controls=True)
         self.sampler = PerturbationBatchSampler(data.codes, tr, batch_size=cfg.batch_size, pack=cfg.pack,

@@ -6,12 +6,13 @@ Docs: https://sccvae.github.io/sccvae/utils.html.md"""
 
 # %% ../nbs/05_utils.ipynb #6c974257
 from __future__ import annotations
-import os, random, tempfile, contextlib, json
+import os, random, tempfile, contextlib, json, errno, re, time, shutil
 from pathlib import Path
 import numpy as np
 
 # %% auto #0
-__all__ = ['get_device', 'seed_everything', 'atomic_path', 'write_text', 'write_json', 'write_csv', 'write_h5ad', 'torch_save']
+__all__ = ['get_device', 'seed_everything', 'atomic_path', 'remove_stale_temps', 'write_text', 'write_json', 'write_csv',
+           'write_h5ad', 'torch_save']
 
 # %% ../nbs/05_utils.ipynb #285a1607
 def get_device(accelerator: str = "auto", device=None):
@@ -48,19 +49,59 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 # %% ../nbs/05_utils.ipynb #5579434d
+def _disk_full(e: OSError, path) -> OSError:
+    "A clear OSError for ENOSPC (disk full / quota) while writing `path`; other errors unchanged."
+    if getattr(e, "errno", None) not in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)): return e
+    free = ""
+    with contextlib.suppress(OSError): free = f" ({shutil.disk_usage(Path(path).parent).free / 2**20:.0f} MiB free now)"
+    return OSError(e.errno, f"the disk is full: writing {path} failed (no space left on device{free}); nothing was "
+                   "replaced (the previous file, if any, is intact). Free space (or write to another --out-dir / "
+                   "folder) and run again.")
+
 @contextlib.contextmanager
 def atomic_path(path, suffix: str | None = None):
-    "Yield a temporary path next to `path`; on success it is renamed onto `path`, on error it is removed."
+    """Yield a temporary path next to `path`; on success it is renamed onto `path`, on error it is removed. The
+    temporary file's name carries the writer's process id (`.NAME.PID-XXXXXXXX.SUFFIX`), so `remove_stale_temps`
+    never takes one in use (no file lock: HDF5 locks the file itself); a full disk is reported as such."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or path.suffix or ".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-", suffix=suffix or path.suffix or ".tmp", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError): os.remove(tmp)
+        if isinstance(e, OSError) and _disk_full(e, path) is not e: raise _disk_full(e, path) from e
         raise
+
+_TEMP_FILE = re.compile(r"^\.(?P<base>.+)\.(?:(?P<pid>\d+)-)?[A-Za-z0-9_]{8}(?P<suf>\.[^.]+)$")
+_TEMP_DIR = re.compile(r"^\..+\.tmp-(?P<pid>\d+)-[0-9a-f]{8}$")
+
+def _pid_alive(pid: int) -> bool:
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except OSError: return True
+    return True
+
+def remove_stale_temps(folder, before: float | None = None) -> list[Path]:
+    """Remove what killed runs left under `folder`: temporary files of `atomic_path` (`.NAME.PID-XXXXXXXX.SUFFIX`, e.g.
+    `.adata.h5ad.*`, `.last.pt.*`) last modified before `before` (a `time.time()`, default now) whose writing process
+    is gone (older names without a PID: by age alone), and staging folders of `SCCVAE.save` (`.NAME.tmp-PID-*`) whose process is gone. Returns the removed paths."""
+    folder, before = Path(folder), time.time() if before is None else float(before)
+    out = []
+    if not folder.is_dir(): return out
+    for p in folder.rglob(".*"):
+        with contextlib.suppress(OSError):
+            m = _TEMP_DIR.match(p.name)
+            if p.is_dir() and m and not _pid_alive(int(m["pid"])) and p.stat().st_mtime < before:
+                shutil.rmtree(p, ignore_errors=True); out.append(p); continue
+            m = _TEMP_FILE.match(p.name)
+            if not (p.is_file() and m and m["suf"] in (Path(m["base"]).suffix, ".tmp", ".h5ad")): continue
+            if p.stat().st_mtime >= before: continue
+            if m["pid"] is not None and _pid_alive(int(m["pid"])): continue      # a live writer: in use
+            p.unlink(); out.append(p)
+    return out
 
 # %% ../nbs/05_utils.ipynb #66476a95
 def write_text(path, text: str) -> Path:
