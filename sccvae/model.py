@@ -139,6 +139,11 @@ class SCCVAE:
         if labels is None:   # every measured gene: its row of a PCA over the training control cells
             labels = scd.gene_embedding(adata, n_components=n_label_components, seed=label_seed, split_key=split_key)
         if not isinstance(labels, pd.DataFrame): raise TypeError("labels must be a DataFrame indexed by gene symbol.")
+        bad = [c for c in labels.columns if not pd.api.types.is_numeric_dtype(labels[c])]
+        if bad: raise ValueError(f"labels columns {bad[:5]} are not numeric: the table must be genes (index) x numeric "
+                                 "dimensions — was the gene column read as data? Read it with index_col=0 or "
+                                 "`sccvae.data.read_gene_embedding(path)`.")
+        if labels.shape[1] == 0: raise ValueError("labels has no columns; give a genes x dimensions table.")
         self.labels = labels.astype(np.float32)
         self.labels.index = self.labels.index.astype(str)
         self.labels = self.labels[~self.labels.index.duplicated()]

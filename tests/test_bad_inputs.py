@@ -776,3 +776,16 @@ def test_fold_killed_during_training_resumes_to_the_same_metrics(tmp_path):
     pd.testing.assert_frame_equal(h.drop(columns=[c for c in h if "second" in c]),
                                   h_ref.drop(columns=[c for c in h_ref if "second" in c]))
     assert not [q for q in (tmp_path / "kill").rglob(".*") if utils._TEMP_FILE.match(q.name)]
+
+
+def test_constructor_labels_not_numeric_or_empty():
+    "SCCVAE(labels=...) with a gene column read as data, or no columns, names the problem and the fix."
+    from sccvae.synthetic import simulate_screen
+    import sccvae
+    a = simulate_screen("tiny", seed=0)
+    sccvae.data.setup_anndata(a, perturbation_key="gene", control_group="non-targeting"); sccvae.data.normalize(a)
+    emb = sccvae.data.gene_embedding(a, n_components=4)
+    with pytest.raises(ValueError, match="not numeric.*index_col=0"):
+        sccvae.SCCVAE(a, n_latent=8, n_hidden=16, labels=emb.reset_index(), preset="paper")
+    with pytest.raises(ValueError, match="no columns"):
+        sccvae.SCCVAE(a, n_latent=8, n_hidden=16, labels=emb.iloc[:, :0], preset="paper")
