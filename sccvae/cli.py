@@ -157,9 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Pool the finished folds of a run folder (OUT_DIR/NAME) into report.md, tables/*.csv, figures/*.png.")
     rp.add_argument("run_dir", help="the run folder, e.g. runs/demo")
     rp.add_argument("--embedding", default="umap", help="umap|pca")
-    d = sub.add_parser("demo", help="the embedded demo: simulated K562-like screen, 5 folds, all methods (<= 10 min on 2 CPU cores)",
-                       description="Simulate a K562-like screen and run the full 5-fold OOD comparison (SCCVAE, the "
-                       "conditional/causal/random ablations, four baselines) on the CPU; writes OUT_DIR/demo/report.md.")
+    d = sub.add_parser("demo", help="the embedded demo: simulated K562-like screen, 5 folds, all methods (about 11 min on 2 CPU cores)",
+                       description="Simulate a K562-like screen and run the full 5-fold OOD comparison (the default model, "
+                       "the paper's SCCVAE and its conditional/causal/random ablations, four baselines) on the CPU; writes "
+                       "OUT_DIR/demo/report.md.")
     d.add_argument("--quick", action="store_true", help="smoke test: tiny screen, 2 folds, 2 epochs (under a minute)")
     d.add_argument("--out-dir", default="runs")
     d.add_argument("--folds", default=None, help="subset of folds, e.g. 0-1")

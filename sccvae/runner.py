@@ -21,15 +21,17 @@ from .utils import write_csv, write_json, write_text, write_h5ad, remove_stale_t
 log = logging.getLogger("sccvae")
 
 # %% auto #0
-__all__ = ['log', 'GRAPHS', 'GRAPH_NAMES', 'BASELINES', 'SHIFT_MODES', 'TEMPLATE_PARAMS', 'DEMO_SETTINGS', 'QUICK_SETTINGS',
-           'method_name', 'file_lock', 'md_table', 'Prepared', 'check_h5ad', 'load_screen', 'prepare', 'FoldContext',
-           'fold_context', 'split_predictions', 'run_baselines', 'FoldResult', 'expression_distance', 'run_fold',
-           'fold_figures', 'report', 'find_template', 'task_command', 'run_many', 'parse_folds', 'run_demo']
+__all__ = ['log', 'GRAPHS', 'GRAPH_NAMES', 'BASELINES', 'DEFAULT_METHOD', 'SHIFT_MODES', 'TEMPLATE_PARAMS', 'DEMO_SETTINGS',
+           'QUICK_SETTINGS', 'method_name', 'file_lock', 'md_table', 'Prepared', 'check_h5ad', 'load_screen', 'prepare',
+           'FoldContext', 'fold_context', 'split_predictions', 'run_baselines', 'FoldResult', 'expression_distance',
+           'run_fold', 'fold_figures', 'report', 'find_template', 'task_command', 'run_many', 'parse_folds', 'run_demo']
 
 # %% ../nbs/50_runner.ipynb #8d267ff9
 GRAPHS = ("full", "conditional", "causal", "random")
 GRAPH_NAMES = {"full": "SCCVAE", "conditional": "Conditional", "causal": "Causal", "random": "Random"}
 BASELINES = ("control", "perturbed_mean", "linear", "nearest")
+#: column of the default model (`SCCVAE(adata)`, trained beside the paper's model in the 'full' fold; no test cells used)
+DEFAULT_METHOD = "SCCVAE default (prior)"
 SHIFT_MODES = ("holdout", "oracle", "linear", "none")
 _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
@@ -435,7 +437,7 @@ def run_fold(*, data=None, name: str = "demo", split: int = 0, graph: str = "ful
              n_pred_cells: int | None = None, max_eval_cells: int = 512, baselines: bool = True,
              figures: bool = True, embedding: str = "umap", modules: Mapping | None = None,
              save_predictions: bool = True, force: bool = False, force_prepare: bool = False, collapse_guides: bool = False,
-             progress: bool = True) -> FoldResult:
+             default_model: bool = True, progress: bool = True) -> FoldResult:
     """Run one OOD fold for one latent graph and write everything under `out_dir/name/split_<split>/<graph>/`.
 
     Data: `data` (.h5ad path, AnnData, or None: `simulate_screen(synthetic_size, seed)`), `perturbation_key`,
@@ -447,7 +449,9 @@ def run_fold(*, data=None, name: str = "demo", split: int = 0, graph: str = "ful
     settings), `train_kwargs` (further `TrainConfig` fields), `seed`, `accelerator`/`device`. Shift selection: `shift_mode` (primary),
     `shift_modes` (all computed; default all four), `eval_cells` ('holdout': score on the evaluation half of the test
     cells; 'all': on all of them, no holdout mode). Output: `n_pred_cells`, `figures`, `embedding` ('umap'|'pca'),
-    `modules` ({module: genes} for Fig. 6; default the simulator's), `save_predictions`, `force`."""
+    `modules` ({module: genes} for Fig. 6; default the simulator's), `save_predictions`, `force`. `default_model`:
+    with graph 'full', also train the default model (`SCCVAE(adata)`, its own presets and sizes; penetrance 'prior',
+    no cells of the test perturbations) and score it beside the paper's as `DEFAULT_METHOD`."""
     import torch
     from sccvae.model import SCCVAE
     from sccvae.evaluate import EvalResult
@@ -544,13 +548,20 @@ def run_fold(*, data=None, name: str = "demo", split: int = 0, graph: str = "ful
     t = time.perf_counter()
     n = _n_pred(ctx, n_pred_cells)
     preds = {method_name(graph, m): model.predict(perts, n_cells=n, penetrance=sels[m].chosen.to_dict(), seed=seed) for m in modes}
+    if default_model and graph == "full":          # the default model beside the paper's (its own presets and sizes)
+        t2 = time.perf_counter()
+        dm = SCCVAE(prep.adata, split_key="split", seed=seed)
+        dm.train(accelerator=accelerator, device=device, seed=seed, progress=False)
+        dm.select_penetrance(perts)
+        preds[DEFAULT_METHOD] = dm.predict(perts, n_cells=n, seed=seed)
+        times["default_model"] = time.perf_counter() - t2
     res = _eval(preds, ctx, seed=seed, device=dev, max_cells=max_eval_cells, fold=int(split))
     allres = EvalResult(pd.concat([res.per_perturbation] + ([bres.per_perturbation] if bres is not None else []),
                                   ignore_index=True), res.settings)
     res.to_csv(gdir)
     primary = method_name(graph, shift_mode)
     if save_predictions: write_h5ad(gdir / "predictions.h5ad", _concat_preds({primary: preds[primary]}))
-    times["evaluate"] = time.perf_counter() - t
+    times["evaluate"] = time.perf_counter() - t - times.get("default_model", 0.0)
     # --- latents (Fig. 4, 6) -------------------------------------------------------------------------------------
     t = time.perf_counter()
     allp = list(model.train_perturbations) + [p for p in perts if p not in model.train_perturbations]
@@ -674,6 +685,7 @@ def report(run_dir, *, embedding: str = "umap", seed: int = 0, figures: bool = T
     methods = res.methods
     base = [m for m in BASELINES if m in methods]
     main = base + [method_name(g, primary) for g in ("causal", "conditional", "full", "random") if method_name(g, primary) in methods]
+    main += [DEFAULT_METHOD] if DEFAULT_METHOD in methods else []
     modes = [m for m in methods if m.startswith("SCCVAE (")]
     folds = sorted(df.fold.unique().tolist())
     tdir, fdir = run_dir / "tables", run_dir / "figures"
@@ -697,7 +709,7 @@ def report(run_dir, *, embedding: str = "umap", seed: int = 0, figures: bool = T
         save("fig2a_metrics", pl.metric_boxplot(sub(main), ["mse", "mmd_paper", "frac_changed"], methods=main))
         save("metrics_corrected", pl.metric_boxplot(sub(main), ["edistance", "pearson_delta", "pds"], methods=main,
                                                     gene_sets=["all"]))
-        abl = [m for m in main if m not in base]
+        abl = [m for m in main if m not in base and m != DEFAULT_METHOD]
         if len(abl) > 1: save("fig3_ablation_mmd", pl.ablation_boxplot(sub(abl), "mmd_paper", methods=abl))
         lds = [pd.read_csv(run_dir / s / "full" / "latent_distance.csv").assign(fold=s) for s, g, _ in done
                if g == "full" and (run_dir / s / "full" / "latent_distance.csv").exists()]
