@@ -575,37 +575,54 @@ def _train_pseudobulk(self, chunk: int = 4096) -> torch.Tensor:
         tot.index_add_(0, code, data.rows(i).float()); cnt.index_add_(0, code, torch.ones(len(i), device=self.device))
     return tot / cnt.clamp_min(1)[:, None]
 
+def _loo_subset(self, max_perturbations: int, seed: int) -> np.ndarray:
+    "The training perturbations (indices, sorted) that leave-one-out checks use: all, or a seeded sample."
+    P = len(self.train_perturbations)
+    return np.sort(np.random.default_rng(seed).choice(P, min(P, max_perturbations), replace=False))
+
+@torch.no_grad()
+def _loo_means(self, js, alpha: float, *, penetrance: str = "prior", n_cells: int = 64, seed: int = 0,
+               chunk: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Decoded pseudo-bulk (J × genes) of training perturbations `js` with their kernel shift rebuilt from their
+    neighbours only (never themselves), at `penetrance` 'prior' (the neighbours' learned c, as `select_penetrance`'s
+    default) or 'median' (the median learned c), on `n_cells` control latents; and the decoded controls' pseudo-bulk."""
+    mod = self.module.eval()
+    data = _data(self)
+    z, pick = _control_latents(self, n_cells, seed, return_index=True)
+    lib = data.count_rows(pick).sum(1) if mod.likelihood == "nb" else None
+    A = mod.adjacency()
+    u0 = scm_solve(z, A)
+    Ltr = data.labels.to(self.device)
+    Ttr = mod.shift_specific(Ltr)
+    learned = mod.penetrance.detach().float()
+    out = np.empty((len(js), data.n_genes))
+    for s in range(0, len(js), chunk):
+        jt = torch.as_tensor(np.asarray(js[s:s + chunk]), device=self.device)
+        W = _kernel_weights(self, Ltr[jt], exclude=jt)
+        c = W @ learned if penetrance == "prior" else torch.quantile(learned, 0.5).expand(len(jt))   # = pandas' median
+        v = scm_solve(c[:, None] * mod.shift(Ltr[jt], specific=float(alpha) * (W @ Ttr)), A)
+        u = (u0[None] + v[:, None]).reshape(-1, u0.shape[1])
+        cols = data.target_cols[jt.cpu()].to(self.device)
+        h = mod.add_on_target(mod.decode(u), c.repeat_interleave(n_cells), cols.repeat_interleave(n_cells))
+        mean = mod.expected(h, None if lib is None else lib.repeat(len(jt))).float().view(len(jt), n_cells, -1).mean(1)
+        out[s:s + len(jt)] = mean.cpu().numpy()
+    return out, mod.expected(mod.decode(u0), lib).float().mean(0).cpu().numpy()
+
 @torch.no_grad()
 def fit_shift_shrinkage(self, grid=(0.0, 0.25, 0.5, 0.75, 1.0), n_cells: int = 64, max_perturbations: int = 300,
                         seed: int = 0) -> pd.Series:
     """Choose α of the kernel shift by leave-one-out over training perturbations: each one's shift is rebuilt
-    from its neighbours only (never itself), decoded at the median learned c on `n_cells` control latents, and its
-    pseudo-bulk compared (MSE over genes, its own target column left out: α is about network effects) with its real
-    training cells. Sets `shift_alpha`; returns the error per α."""
-    mod = self.module.eval()
-    P = len(self.train_perturbations)
-    rng = np.random.default_rng(seed)
-    js = np.sort(rng.choice(P, min(P, max_perturbations), replace=False))
-    z, pick = _control_latents(self, n_cells, seed, return_index=True)
-    lib = self._data.count_rows(pick).sum(1) if mod.likelihood == "nb" else None
-    A = mod.adjacency()
-    u0 = scm_solve(z, A)
-    Ltr = self._data.labels
-    Ttr = mod.shift_specific(Ltr)
-    jt = torch.as_tensor(js, device=self.device)
-    loo = _kernel_weights(self, Ltr[jt], exclude=jt) @ Ttr                       # J x n
-    c = float(self.learned_penetrance().median())
-    cols = self._data.target_cols[jt.cpu()]
-    target = _train_pseudobulk(self)[jt]
+    from its neighbours only (never itself), decoded at the median learned c on `n_cells` control latents
+    (`_loo_means`), and its pseudo-bulk compared (MSE over genes, its own target column left out: α is about network
+    effects) with its real training cells. Sets `shift_alpha`; returns the error per α."""
+    js = _loo_subset(self, max_perturbations, seed)
+    target = _train_pseudobulk(self)[torch.as_tensor(js, device=self.device)].double().cpu().numpy()
+    cols = self._data.target_cols[torch.as_tensor(js)].numpy()
+    on = np.flatnonzero(cols >= 0)
     errs = {}
     for a in grid:
-        v = scm_solve(c * mod.shift(Ltr[jt], specific=a * loo), A)               # J x n
-        u = (u0[None] + v[:, None]).reshape(-1, u0.shape[1])
-        h = mod.add_on_target(mod.decode(u), c, cols.repeat_interleave(n_cells))
-        mean = mod.expected(h, None if lib is None else lib.repeat(len(js))).view(len(js), n_cells, -1).mean(1)
-        sq = (mean - target).pow(2)
-        ok = cols >= 0
-        sq[torch.arange(len(js), device=sq.device)[ok.to(sq.device)], cols[ok].to(sq.device)] = 0.0   # network effects only
+        sq = (_loo_means(self, js, a, penetrance="median", n_cells=n_cells, seed=seed)[0] - target) ** 2
+        sq[on, cols[on]] = 0.0                                                   # network effects only
         errs[float(a)] = float(sq.mean())
     curve = pd.Series(errs, name="loo_mse"); curve.index.name = "alpha"
     self.shift_alpha = float(curve.idxmin()); self.shift_shrinkage = curve
@@ -623,40 +640,11 @@ def _control_mean(self, chunk: int = 4096) -> np.ndarray:
     return (tot / max(len(pool), 1)).cpu().numpy()
 
 @torch.no_grad()
-def _loo_changes(self, js, alpha: float, n_cells: int = 64, seed: int = 0, chunk: int = 16) -> np.ndarray:
-    """SCCVAE's held-out prediction of the mean change of training perturbations `js`: each one's kernel shift and
-    prior penetrance rebuilt from its neighbours only (never itself), decoded on `n_cells` control latents, minus the
-    decoded controls ('counterfactual') or the real training controls (other decodings)."""
-    mod = self.module.eval()
-    data = _data(self)
-    z, pick = _control_latents(self, n_cells, seed, return_index=True)
-    lib = data.count_rows(pick).sum(1) if mod.likelihood == "nb" else None
-    A = mod.adjacency()
-    u0 = scm_solve(z, A)
-    Ltr = data.labels.to(self.device)
-    Ttr = mod.shift_specific(Ltr)
-    learned = mod.penetrance.detach().float()
-    if self.decoding == "counterfactual": ref = mod.expected(mod.decode(u0), lib).float().mean(0).cpu().numpy()
-    else: ref = _control_mean(self)
-    out = np.empty((len(js), data.n_genes))
-    for s in range(0, len(js), chunk):
-        jt = torch.as_tensor(np.asarray(js[s:s + chunk]), device=self.device)
-        W = _kernel_weights(self, Ltr[jt], exclude=jt)
-        c = W @ learned                                                       # the 'prior' penetrance, held out
-        v = scm_solve(c[:, None] * mod.shift(Ltr[jt], specific=float(alpha) * (W @ Ttr)), A)
-        u = (u0[None] + v[:, None]).reshape(-1, u0.shape[1])
-        cols = data.target_cols[jt.cpu()].to(self.device)
-        h = mod.add_on_target(mod.decode(u), c.repeat_interleave(n_cells), cols.repeat_interleave(n_cells))
-        mean = mod.expected(h, None if lib is None else lib.repeat(len(jt))).float().view(len(jt), n_cells, -1).mean(1)
-        out[s:s + len(jt)] = mean.cpu().numpy() - ref
-    return out
-
-@torch.no_grad()
 def fit_anchor(self, n_folds: int = 5, n_cells: int = 64, max_perturbations: int = 300, seed: int = 0) -> pd.Series:
     """Fit the mean anchor (`sccvae.anchor.MeanAnchor`: shared shift + cross-validated ridge on the label + on-target
     change) on the training perturbations' pseudo-bulk changes, and choose the blend weight w of SCCVAE's own
     prediction for unseen perturbations (mean change = (1 − w)·anchor + w·SCCVAE) on held-out training perturbations:
-    the anchor's out-of-fold predictions against SCCVAE's leave-one-out kernel predictions (`_loo_changes`). Sets
+    the anchor's out-of-fold predictions against SCCVAE's leave-one-out kernel predictions (`_loo_means`). Sets
     `anchor`, `anchor_weight` (unless the model was built with a fixed `anchor_weight`: 0 = the anchor alone, an
     ablation); returns the held-out error per w and its standard error (`anchor_curve`, see `blend_weight`)."""
     from sccvae.anchor import MeanAnchor, blend_weight
@@ -665,9 +653,11 @@ def fit_anchor(self, n_folds: int = 5, n_cells: int = 64, max_perturbations: int
     L = self.labels.loc[self.train_perturbations].to_numpy(np.float64)
     cols = scd.target_columns(self.adata, self.train_perturbations)
     anc = MeanAnchor(n_folds=n_folds, seed=seed).fit(delta, L, cols, ctrl, label_reference=self.labels.to_numpy(np.float64))
-    P = len(self.train_perturbations)
-    js = np.sort(np.random.default_rng([int(seed), 43]).choice(P, min(P, max_perturbations), replace=False))
-    w, curve = blend_weight(anc.oof_[js], _loo_changes(self, js, self.shift_alpha, n_cells, seed), delta[js])
+    js = _loo_subset(self, max_perturbations, seed)
+    means, decoded_ctrl = _loo_means(self, js, self.shift_alpha, n_cells=n_cells, seed=seed)
+    # SCCVAE's held-out change: from the decoded controls (counterfactual cells) or from the real controls
+    change = means - (decoded_ctrl if self.decoding == "counterfactual" else ctrl)
+    w, curve = blend_weight(anc.oof_[js], change, delta[js])
     w = w if self.fixed_anchor_weight is None else self.fixed_anchor_weight
     self.anchor, self.anchor_weight, self.anchor_curve = anc, w, curve
     return curve

@@ -30,3 +30,17 @@ def datlinger_path():
 @pytest.fixture
 def reference_dir():
     return shared_file("reference")
+
+
+def tiny_fold(seed: int = 0, n_folds: int = 4, fold: int = 0):
+    """The tiny simulated screen, registered, normalised and split (one OOD fold); also its unseen perturbations."""
+    import torch
+    from sccvae import data as D
+    from sccvae.model import SCCVAE
+    from sccvae.synthetic import simulate_screen
+    torch.set_num_threads(1)
+    adata = simulate_screen("tiny", seed=seed)
+    SCCVAE.setup_anndata(adata, perturbation_key="gene", control_group="non-targeting")
+    D.apply_split(adata, D.ood_manifest(adata, n_folds=n_folds, seed=0), fold)
+    unseen = sorted(set(adata.obs.loc[adata.obs.split == "test", "_scc_target"].astype(str)))
+    return adata, unseen

@@ -9,6 +9,7 @@ import torch
 from sccvae import data as D
 from sccvae.anchor import MeanAnchor, blend_weight, inner_folds
 from sccvae.model import SCCVAE, MODEL_PRESETS, default_sizes
+from conftest import tiny_fold
 
 
 def _changes(seed=0, P=40, G=60, d=8, informative=True, knockdown=0.3):
@@ -66,14 +67,9 @@ def test_blend_weight_prefers_the_better_predictor():
 
 @pytest.fixture(scope="module")
 def default_model():
-    from sccvae.synthetic import simulate_screen
-    torch.set_num_threads(1)
-    adata = simulate_screen("tiny", seed=0)
-    SCCVAE.setup_anndata(adata, perturbation_key="gene", control_group="non-targeting")
-    D.apply_split(adata, D.ood_manifest(adata, n_folds=4, seed=0), 0)
+    adata, unseen = tiny_fold()
     model = SCCVAE(adata, n_latent=8, n_hidden=32, n_label_components=8)       # the default preset
     model.train(max_epochs=2, progress=False, accelerator="cpu")
-    unseen = sorted(set(adata.obs.loc[adata.obs.split == "test", "_scc_target"].astype(str)))
     model.select_penetrance(unseen)
     return adata, model, unseen
 

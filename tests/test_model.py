@@ -8,18 +8,14 @@ import torch
 from sccvae import data as D
 from sccvae.model import SCCVAE
 from sccvae.shift import ShiftSelection, default_grid, select_penetrance
+from conftest import tiny_fold
 
 
 @pytest.fixture(scope="module")
 def trained():
-    from sccvae.synthetic import simulate_screen
-    torch.set_num_threads(1)
-    adata = simulate_screen("tiny", seed=0)
-    SCCVAE.setup_anndata(adata, perturbation_key="gene", control_group="non-targeting")
-    D.apply_split(adata, D.ood_manifest(adata, n_folds=4, seed=0), 0)
+    adata, unseen = tiny_fold()
     model = SCCVAE(adata, n_latent=8, n_hidden=32, n_label_components=8, preset="paper")
     model.train(max_epochs=2, pack=4, progress=False, accelerator="cpu")
-    unseen = sorted(set(adata.obs.loc[adata.obs.split == "test", "_scc_target"].astype(str)))
     return adata, model, unseen
 
 
