@@ -23,8 +23,8 @@ __all__ = ['log', 'REGISTRY_KEY', 'TARGET_KEY', 'CONTROL', 'TARGET_SUM', 'DEFAUL
            'get_registry', 'gene_symbols', 'targets', 'perturbation_table', 'check_values', 'normalize',
            'read_logreg_scores', 'filter_perturbations', 'paper_subset', 'paper_folds', 'gene_embedding',
            'perturbation_labels', 'read_gene_embedding', 'combine_labels', 'ood_manifest', 'iid_manifest',
-           'split_columns', 'save_manifest', 'load_manifest', 'apply_split', 'target_columns', 'PerturbationData',
-           'PerturbationBatchSampler']
+           'split_columns', 'save_manifest', 'load_manifest', 'apply_split', 'holdout_cells', 'target_columns',
+           'PerturbationData', 'PerturbationBatchSampler']
 
 # %% ../nbs/01_data.ipynb #90a007a3
 REGISTRY_KEY = "_sccvae"
@@ -728,6 +728,38 @@ def apply_split(adata: ad.AnnData, manifest: pd.DataFrame, fold: int | str | Non
     reg = get_registry(adata); reg["split_key"] = key; reg["split_fold"] = str(fold)
     adata.uns[REGISTRY_KEY] = {k: v for k, v in reg.items() if v is not None}
     return adata.obs[key]
+
+# %% ../nbs/01_data.ipynb #52070ed5
+def holdout_cells(adata: ad.AnnData, perturbations=None, *, split: str | None = "test", split_key: str = "split",
+                  frac: float = 0.5, min_cells: int = 4, seed=0) -> pd.DataFrame:
+    """The one way sccvae halves held-out cells into a part that selects the penetrance and a part that is scored.
+
+    Each perturbation's cells in `split` (all cells when `split` is None or `adata` has no `split_key` column) are
+    shuffled with `np.random.default_rng(seed)` (an int or a sequence of ints) and divided: the first
+    `round(frac * n)` (kept in 1..n-1) are role 'select', the rest 'evaluate'. A perturbation with fewer than
+    `min_cells` cells, or `frac=0` (the paper's protocol), is all 'evaluate'. Perturbations default to those of
+    the `split` cells (controls excluded), in sorted order. Returns a DataFrame indexed by cell (obs name) with
+    columns `perturbation` and `role`, cells of a perturbation in `adata` order."""
+    if not 0 <= float(frac) < 1: raise ValueError(f"frac={frac!r}: use a fraction in [0, 1) of each perturbation's cells.")
+    t = targets(adata).astype(object).to_numpy()
+    in_split = (adata.obs[split_key].astype(str).to_numpy() == split) if (split is not None and split_key in adata.obs) \
+        else np.ones(adata.n_obs, bool)
+    if perturbations is None:
+        perturbations = sorted(set(t[in_split & (t != CONTROL) & pd.notna(t)]))
+    rng = np.random.default_rng(seed)
+    rows = []
+    for p in map(str, perturbations):
+        idx = np.flatnonzero(in_split & (t == p))
+        if len(idx) == 0:
+            raise ValueError(f"perturbation {p!r} has no {split!r} cells in this AnnData, so none can be held out; "
+                             "leave it out of `perturbations` (or pick another `split`).")
+        if frac == 0 or len(idx) < max(2, min_cells):
+            rows += [(c, p, "evaluate") for c in adata.obs_names[idx]]; continue
+        idx = rng.permutation(idx); k = min(len(idx) - 1, max(1, int(round(frac * len(idx)))))
+        rows += [(c, p, "select") for c in adata.obs_names[np.sort(idx[:k])]]
+        rows += [(c, p, "evaluate") for c in adata.obs_names[np.sort(idx[k:])]]
+    return pd.DataFrame(rows, columns=["cell", "perturbation", "role"]).set_index("cell")
+
 
 # %% ../nbs/01_data.ipynb #7a5f77c5
 def target_columns(adata: ad.AnnData, perturbations) -> np.ndarray:

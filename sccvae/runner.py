@@ -16,15 +16,15 @@ import scipy.sparse as sp
 import anndata as ad
 
 from . import data as scd
-from .utils import write_csv, write_json, write_text, write_h5ad, remove_stale_temps
+from .utils import write_csv, write_json, write_text, write_h5ad, remove_stale_temps, file_lock, md_table
 
 log = logging.getLogger("sccvae")
 
 # %% auto #0
 __all__ = ['log', 'GRAPHS', 'GRAPH_NAMES', 'BASELINES', 'DEFAULT_METHOD', 'SHIFT_MODES', 'TEMPLATE_PARAMS', 'DEMO_SETTINGS',
-           'QUICK_SETTINGS', 'method_name', 'file_lock', 'md_table', 'Prepared', 'check_h5ad', 'load_screen', 'prepare',
-           'FoldContext', 'fold_context', 'split_predictions', 'run_baselines', 'FoldResult', 'expression_distance',
-           'run_fold', 'fold_figures', 'report', 'find_template', 'task_command', 'run_many', 'parse_folds', 'run_demo']
+           'QUICK_SETTINGS', 'method_name', 'Prepared', 'check_h5ad', 'load_screen', 'prepare', 'FoldContext',
+           'fold_context', 'split_predictions', 'run_baselines', 'FoldResult', 'expression_distance', 'run_fold',
+           'fold_figures', 'report', 'find_template', 'task_command', 'run_many', 'parse_folds', 'run_demo']
 
 # %% ../nbs/50_runner.ipynb #8d267ff9
 GRAPHS = ("full", "conditional", "causal", "random")
@@ -39,29 +39,7 @@ def method_name(graph: str, mode: str) -> str:
     "Column name of a graph mode with a shift-selection mode, e.g. `SCCVAE (holdout)`."
     return f"{GRAPH_NAMES.get(graph, graph)} ({mode})"
 
-@contextlib.contextmanager
-def file_lock(path):
-    "Exclusive advisory lock on `path` (POSIX `flock`; a no-op where unavailable) — serialises parallel workers."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    try: import fcntl
-    except ImportError: yield; return
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try: yield
-        finally: fcntl.flock(f, fcntl.LOCK_UN)
 
-def md_table(df: pd.DataFrame, floatfmt: str = ".4g") -> str:
-    "A DataFrame as a GitHub markdown table (index included; no extra dependency)."
-    df = df.copy()
-    idx_names = [n or "" for n in df.index.names]
-    rows = [[*(k if isinstance(k, tuple) else (k,)), *v] for k, v in zip(df.index, df.itertuples(index=False))]
-    def f(x):
-        if isinstance(x, (float, np.floating)): return "N/A" if not np.isfinite(x) else format(x, floatfmt)
-        return str(x).replace("|", "\\|")
-    head = idx_names + [str(c) for c in df.columns]
-    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    out += ["| " + " | ".join(f(x) for x in r) + " |" for r in rows]
-    return "\n".join(out)
 
 # %% ../nbs/50_runner.ipynb #abe359f0
 @dataclass
@@ -263,16 +241,8 @@ def fold_context(prep: Prepared, split: int, out_dir, name: str, *, eval_cells: 
         ec = pd.read_csv(path, index_col=0, dtype={"perturbation": str, "role": str})
         ec.index = ec.index.astype(str)
     else:
-        rng = np.random.default_rng([int(seed), int(split), 7])
-        rows = []
-        for p in perts:
-            idx = np.flatnonzero(test & (t == p))
-            if eval_cells == "all" or len(idx) < 4:
-                rows += [(c, p, "evaluate") for c in adata.obs_names[idx]]; continue
-            idx = rng.permutation(idx); k = int(round(select_frac * len(idx)))
-            rows += [(c, p, "select") for c in adata.obs_names[np.sort(idx[:k])]]
-            rows += [(c, p, "evaluate") for c in adata.obs_names[np.sort(idx[k:])]]
-        ec = pd.DataFrame(rows, columns=["cell", "perturbation", "role"]).set_index("cell")
+        ec = scd.holdout_cells(adata, perts, split="test", frac=0.0 if eval_cells == "all" else select_frac,
+                               min_cells=4, seed=[int(seed), int(split), 7])
         write_csv(path, ec)
     return FoldContext(prep, int(split), fold_dir, perts, ec, eval_cells)
 
@@ -526,10 +496,9 @@ def run_fold(*, data=None, name: str = "demo", split: int = 0, graph: str = "ful
     perts = ctx.test_perturbations
     sels, curves = {}, []
     for m in modes:
-        if m == "holdout":
-            sel_ad = ctx.selection()
-            s = select_penetrance(model, perts, mode="oracle", adata=sel_ad, split="test", seed=seed, store=False)
-            s.mode, s.selection_cells = "holdout", {p: list(map(str, sel_ad.obs_names[sel_ad.obs[scd.TARGET_KEY] == p])) for p in perts}
+        if m == "holdout":   # the fold's own halves (eval_cells.csv), so the scored cells never select c
+            s = select_penetrance(model, perts, mode="holdout", adata=ctx.adata, split="test", seed=seed, store=False,
+                                  holdout=ctx.eval_cells)
         elif m == "oracle":
             s = select_penetrance(model, perts, mode="oracle", adata=ctx.truth(), split="test", seed=seed, store=False)
         else:

@@ -145,13 +145,15 @@ def _linear_targets(model, perts, baseline):
 def select_penetrance(model, perturbations=None, *, mode: str = "holdout", adata=None, split: str = "test",
                       grid=None, n_cells: int = 128, seed: int = 0, holdout_frac: float = 0.5, baseline=None,
                       control_split: str | None = "train", store: bool = True,
-                      decoding: str | None = None) -> ShiftSelection:
+                      decoding: str | None = None, holdout: pd.DataFrame | None = None) -> ShiftSelection:
     """Select c for each of `perturbations` (default: the perturbations of `split` cells that the model did not
     train on) by pseudo-bulk MSE on `grid` (default -1..3 step 0.1). `mode`: 'oracle' | 'holdout' | 'linear' |
     'none' (see the table above). `n_cells` control draws shared by all candidates and perturbations.
     `store`: keep the result in the model (used by `predict`). `decoding` (default the model's): with
     'counterfactual' the predicted pseudo-bulk is the real controls' mean plus the decoded change, so c is chosen
-    on that (the decoder's bias on the controls cancels)."""
+    on that (the decoder's bias on the controls cancels). `holdout` (mode 'holdout'): a table from
+    `sccvae.data.holdout_cells` whose 'select' cells choose c (default: `holdout_cells(adata, split=split,
+    frac=holdout_frac, min_cells=2, seed=seed)`), so a caller that already fixed its halves passes them."""
     if mode not in SHIFT_MODES: raise ValueError(f"mode={mode!r} is not one of {SHIFT_MODES}.")
     adata = model.adata if adata is None else adata
     grid = default_grid() if grid is None else np.round(np.asarray(grid, dtype=np.float64), 10)
@@ -178,18 +180,27 @@ def select_penetrance(model, perturbations=None, *, mode: str = "holdout", adata
         return res
     selection_cells = {}
     if mode in ("oracle", "holdout"):
-        rng = np.random.default_rng(seed)
         tv = t.to_numpy()
-        T = []
         for p in perts:
-            idx = np.flatnonzero((tv == p) & in_split)
-            if len(idx) == 0:
+            if not ((tv == p) & in_split).any():
                 raise ValueError(f"perturbation {p!r} has no {split!r} cells in this AnnData; mode={mode!r} needs them "
                                  "(use mode='linear' or 'none' for perturbations without data).")
+        if mode == "holdout":
+            if holdout is None:
+                holdout = scd.holdout_cells(adata, perts, split=split if (skey and skey in adata.obs) else None,
+                                            split_key=skey or "split", frac=holdout_frac, min_cells=2, seed=seed)
+            sel = holdout[holdout.role == "select"]
+            pos = pd.Series(np.arange(adata.n_obs), index=adata.obs_names)
+        T = []
+        for p in perts:
             if mode == "holdout":
-                if len(idx) < 2: raise ValueError(f"{p!r} has {len(idx)} {split!r} cell(s): too few to hold half out.")
-                k = min(len(idx) - 1, max(1, int(round(holdout_frac * len(idx)))))
-                idx = np.sort(rng.permutation(idx)[:k])
+                names = sel.index[sel.perturbation.astype(str) == p]
+                if len(names) == 0:
+                    raise ValueError(f"{p!r} has no 'select' cells in `holdout` (too few {split!r} cells to hold "
+                                     "part out); use mode='oracle', 'linear' or 'prior' for it.")
+                idx = np.sort(pos.reindex(names).dropna().to_numpy(int))
+            else:
+                idx = np.flatnonzero((tv == p) & in_split)
             selection_cells[p] = list(map(str, adata.obs_names[idx]))
             T.append(_mean_rows(adata, idx))
         T = np.stack(T)

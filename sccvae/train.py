@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 
 from .module import SCCVAEModule, sccvae_loss, group_layout, PAPER_BANDWIDTHS
-from .utils import torch_save, write_csv, write_json
+from .utils import torch_save, write_csv, write_json, file_lock
 
 # %% auto #0
 __all__ = ['TRAIN_PRESETS', 'TrainConfig', 'make_optimizer', 'batch_groups', 'forward_loss', 'clip_global_', 'training_step',
@@ -403,10 +403,9 @@ class Trainer:
     def fit(self, resume: bool = True, max_epochs: int | None = None) -> pd.DataFrame:
         """Train until `max_epochs` (default: the config's). With `resume` and an existing `last.pt` in the
         checkpoint folder, continue from it; a checkpoint written under other settings (`run_settings`) is refused.
-        The checkpoint folder is locked while training (`sccvae.runner.file_lock`): a second run on the same folder
+        The checkpoint folder is locked while training (`sccvae.utils.file_lock`): a second run on the same folder
         waits, then resumes. Returns the history."""
         if self.ckpt is None: return self._fit(resume, max_epochs)
-        from sccvae.runner import file_lock
         with file_lock(self.ckpt / ".lock"): return self._fit(resume, max_epochs)
 
     def _fit(self, resume, max_epochs):

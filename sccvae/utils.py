@@ -12,7 +12,7 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['get_device', 'seed_everything', 'atomic_path', 'remove_stale_temps', 'write_text', 'write_json', 'write_csv',
-           'write_h5ad', 'torch_save']
+           'write_h5ad', 'torch_save', 'file_lock', 'md_table']
 
 # %% ../nbs/05_utils.ipynb #285a1607
 def get_device(accelerator: str = "auto", device=None):
@@ -136,3 +136,33 @@ def torch_save(path, obj) -> Path:
     import torch
     with atomic_path(path) as tmp: torch.save(obj, tmp)
     return Path(path)
+
+# %% ../nbs/05_utils.ipynb #c3e81c10
+@contextlib.contextmanager
+def file_lock(path):
+    "Exclusive advisory lock on `path` (POSIX `flock`; a no-op where unavailable) — serialises parallel workers."
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    try: import fcntl
+    except ImportError: yield; return
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try: yield
+        finally: fcntl.flock(f, fcntl.LOCK_UN)
+
+
+# %% ../nbs/05_utils.ipynb #9b65dd70
+import pandas as pd
+
+def md_table(df: pd.DataFrame, floatfmt: str = ".4g") -> str:
+    "A DataFrame as a GitHub markdown table (index included; no extra dependency)."
+    df = df.copy()
+    idx_names = [n or "" for n in df.index.names]
+    rows = [[*(k if isinstance(k, tuple) else (k,)), *v] for k, v in zip(df.index, df.itertuples(index=False))]
+    def f(x):
+        if isinstance(x, (float, np.floating)): return "N/A" if not np.isfinite(x) else format(x, floatfmt)
+        return str(x).replace("|", "\\|")
+    head = idx_names + [str(c) for c in df.columns]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    out += ["| " + " | ".join(f(x) for x in r) + " |" for r in rows]
+    return "\n".join(out)
+
