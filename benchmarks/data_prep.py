@@ -18,7 +18,7 @@ def main():
     ap.add_argument("--size", default="k562")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    from sccvae import data as D
+    from sccvae import data as D, loader as L
     from sccvae.synthetic import simulate_screen
     rows = []
 
@@ -33,7 +33,7 @@ def main():
     L = step("perturbation_labels (genes x controls PCA, 50)", lambda: D.perturbation_labels(a, perturbations=kept))
     man = step("ood_manifest (5 folds)", lambda: D.ood_manifest(a, perturbations=kept, seed=args.seed))
     step("apply_split", lambda: D.apply_split(a, man, 0))
-    step("PerturbationData (cpu)", lambda: D.PerturbationData(a, labels=L, device="cpu"))
+    step("PerturbationData (cpu)", lambda: L.PerturbationData(a, labels=L, device="cpu"))
     print(f"\n{a.n_obs} cells x {a.n_vars} genes, {len(ft)} perturbations, {len(kept)} kept, nnz {a.X.nnz:,}\n")
     print("| step | seconds | peak RSS MB |\n|---|---:|---:|")
     for n, s, m in rows: print(f"| {n} | {s:.2f} | {m:.0f} |")

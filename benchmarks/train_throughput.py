@@ -94,7 +94,7 @@ def sync(dev):
 # our step, exactly as sccvae.train.Trainer runs it
 def run_ours(a, dev, pack, precision):
     import numpy as np, pandas as pd, anndata as ad, torch
-    from sccvae import data as D
+    from sccvae import data as D, loader as L
     from sccvae.module import SCCVAEModule
     from sccvae.train import Trainer, TrainConfig, training_step
     rng = np.random.default_rng(0)
@@ -108,7 +108,7 @@ def run_ours(a, dev, pack, precision):
     D.setup_anndata(adata, perturbation_key="target", control_group="ctrl")
     D.normalize(adata)  # input is log-normalised already: kept as is
     labels = pd.DataFrame(rng.normal(size=(P, a.label_dim)).astype(np.float32), index=[f"G{i:04d}" for i in range(P)])
-    data = D.PerturbationData(adata, labels=labels, split_key=None, device=dev)
+    data = L.PerturbationData(adata, labels=labels, split_key=None, device=dev)
     mod = SCCVAEModule(a.genes, a.label_dim, P, n_latent=a.latent, n_hidden=a.hidden)
     cfg = TrainConfig(batch_size=a.batch, pack=pack, precision=precision, progress=False)
     tr = Trainer(mod, data, cfg, val_split=None)

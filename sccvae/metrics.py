@@ -17,9 +17,9 @@ log = logging.getLogger("sccvae")
 # %% auto #0
 __all__ = ['log', 'METRICS', 'PARITY', 'CORRECTED', 'NO_CHANGE_ATOL', 'BULK_KEY', 'metric_label', 'resolve_metrics', 'top_hvg',
            'GroupedCells', 'paper_block_mmd', 'paper_block_energy', 'paper_mmd', 'paper_energy', 'paper_directions',
-           'pearson_rows', 'edistance', 'mmd2_unbiased', 'median_heuristic', 'gaussian_mmd2', 'gaussian_edistance_1d',
-           'welch_t', 'discrimination_score', 'ControlReference', 'effect_strata', 'TruthSet', 'declare_bulk',
-           'declared_bulk', 'score']
+           'pearson_rows', 'pearson', 'edistance', 'mmd2_unbiased', 'median_heuristic', 'gaussian_mmd2',
+           'gaussian_edistance_1d', 'welch_t', 'discrimination_score', 'ControlReference', 'effect_strata', 'TruthSet',
+           'declare_bulk', 'declared_bulk', 'score']
 
 # %% ../nbs/30_metrics.ipynb #14eadc0d
 METRICS = {  # id: (family, label in tables, better)
@@ -239,6 +239,14 @@ def pearson_rows(a, b):
     den = (a.pow(2).sum(-1) * b.pow(2).sum(-1)).sqrt()
     r = (a * b).sum(-1) / den
     return r.masked_fill(den == 0, float("nan"))
+
+# %% ../nbs/30_metrics.ipynb #6a30ce26
+def pearson(x, y) -> float:
+    "Pearson r of two 1-d arrays over their finite pairs; NaN with fewer than 3 pairs or a constant side."
+    x, y = np.asarray(x, np.float64).ravel(), np.asarray(y, np.float64).ravel()
+    ok = np.isfinite(x) & np.isfinite(y)
+    if ok.sum() < 3 or np.std(x[ok]) == 0 or np.std(y[ok]) == 0: return float("nan")
+    return float(np.corrcoef(x[ok], y[ok])[0, 1])
 
 # %% ../nbs/30_metrics.ipynb #1541790e
 def _pair_sums(A, ma, B, mb, sigma=None, squared=False):

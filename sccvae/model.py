@@ -18,6 +18,7 @@ from . import data as scd
 from .graph import LatentGraph, make_graph
 from .module import SCCVAEModule, scm_solve
 from .train import Trainer, TrainConfig
+from .loader import PerturbationData
 from .utils import get_device, torch_save, write_json, write_csv
 
 log = logging.getLogger("sccvae")
@@ -204,7 +205,7 @@ def _data(self, device=None):
     "The model-ready data view on `device` (cached)."
     dev = torch.device(device) if device is not None else self.device
     if self._data is None or self._data.device != dev:
-        self._data = scd.PerturbationData(self.adata, labels=self.labels.loc[self.train_perturbations],
+        self._data = PerturbationData(self.adata, labels=self.labels.loc[self.train_perturbations],
                                           split_key=self.split_key, device=dev,
                                           counts_layer="counts" if self.module.likelihood == "nb" else None)
     return self._data

@@ -15,6 +15,7 @@ import torch
 
 from .module import SCCVAEModule, sccvae_loss, group_layout, PAPER_BANDWIDTHS
 from .utils import torch_save, write_csv, write_json, file_lock
+from .loader import PerturbationBatchSampler
 
 # %% auto #0
 __all__ = ['TRAIN_PRESETS', 'TrainConfig', 'make_optimizer', 'batch_groups', 'forward_loss', 'clip_global_', 'training_step',
@@ -171,11 +172,10 @@ def _settings_diff(old: dict, new: dict) -> list[str]:
     return out
 
 class Trainer:
-    """Fit `module` on `data` (a `sccvae.data.PerturbationData` whose perturbation codes index the module's
+    """Fit `module` on `data` (a `sccvae.loader.PerturbationData` whose perturbation codes index the module's
     penetrance). `checkpoint_dir`: where `last.pt`, `best.pt` and `history.csv` go (None: keep in memory)."""
     def __init__(self, module: SCCVAEModule, data, config: TrainConfig | None = None, *, checkpoint_dir=None,
                  train_split: str = "train", val_split: str | None = "val"):
-        from sccvae.data import PerturbationBatchSampler
         self.cfg = config or TrainConfig()
         self.data, self.device = data, data.device
         self.module = module.to(self.device)

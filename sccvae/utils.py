@@ -12,7 +12,7 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['get_device', 'seed_everything', 'atomic_path', 'remove_stale_temps', 'write_text', 'write_json', 'write_csv',
-           'write_h5ad', 'torch_save', 'file_lock', 'md_table']
+           'write_h5ad', 'torch_save', 'pca_basis', 'file_lock', 'md_table']
 
 # %% ../nbs/05_utils.ipynb #285a1607
 def get_device(accelerator: str = "auto", device=None):
@@ -136,6 +136,30 @@ def torch_save(path, obj) -> Path:
     import torch
     with atomic_path(path) as tmp: torch.save(obj, tmp)
     return Path(path)
+
+# %% ../nbs/05_utils.ipynb #6208e8a5
+def pca_basis(X, n_components: int, *, mean=None, seed: int = 0, niter: int = 4):
+    """Top principal axes of the rows of `X` (cells × features) as a features × k matrix with orthonormal columns,
+    k = min(n_components, n_rows - 1, n_features).
+
+    The one PCA of sccvae: a seeded randomized SVD (`torch.svd_lowrank`, q = k + 10 columns, `niter` power
+    iterations) of `X - mean` (`mean` defaults to the column means), computed on the CPU so the axes are the same
+    on every device and every run, with each axis' sign fixed (its largest-magnitude loading positive). NumPy in →
+    NumPy out (float32); a torch tensor in → a tensor on its device."""
+    import torch
+    is_np = not isinstance(X, torch.Tensor)
+    Xt = torch.as_tensor(np.asarray(X, np.float32)) if is_np else X
+    dev = Xt.device
+    mu = Xt.float().mean(0) if mean is None else torch.as_tensor(mean).to(dev).float()
+    C = (Xt.float() - mu).cpu()
+    k = int(min(n_components, C.shape[0] - 1, C.shape[1]))
+    if k < 1: raise ValueError(f"pca_basis: {tuple(C.shape)} rows × features is too small for one component.")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        _, _, V = torch.svd_lowrank(C, q=min(k + 10, min(C.shape)), niter=niter)
+    V = V[:, :k]
+    V = V * torch.where(V.gather(0, V.abs().argmax(0, keepdim=True)) < 0, -1.0, 1.0)
+    return V.numpy() if is_np else V.contiguous().to(dev)
 
 # %% ../nbs/05_utils.ipynb #c3e81c10
 @contextlib.contextmanager

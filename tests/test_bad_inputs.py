@@ -12,7 +12,7 @@ import scipy.sparse as sp
 import torch
 
 import sccvae
-from sccvae import data as D
+from sccvae import data as D, loader as L
 from sccvae.model import SCCVAE
 from sccvae.synthetic import simulate_screen
 
@@ -523,7 +523,7 @@ def test_own_split_column_with_other_values_is_refused(adata, codes, what, fix, 
     a.obs["mysplit"] = a.obs["split"].astype(str).map(lambda s: codes.get(s, s))
     if isinstance(codes["train"], int): a.obs["mysplit"] = a.obs["mysplit"].astype(int)
     call = {"SCCVAE": lambda: small_model(a, split_key="mysplit"),
-            "PerturbationData": lambda: D.PerturbationData(a, labels=small_model(adata).labels, split_key="mysplit", device="cpu"),
+            "PerturbationData": lambda: L.PerturbationData(a, labels=small_model(adata).labels, split_key="mysplit", device="cpu"),
             "setup_anndata": lambda: D.setup_anndata(a, perturbation_key="gene", control_group="non-targeting", split_key="mysplit"),
             "gene_embedding": lambda: D.gene_embedding(a, n_components=8, split_key="mysplit")}
     with pytest.raises(ValueError, match=r"\['mysplit'\]\)? has split values " + what + r".*only \['train', 'val', 'test'\]"

@@ -6,7 +6,7 @@ import pytest
 import scipy.sparse as sp
 import anndata as ad
 
-from sccvae import data as D
+from sccvae import data as D, loader as L
 
 
 def make_screen(n_ctrl=120, perts=("GA", "GB", "GC", "GD"), n_per=60, n_genes=30, seed=0):
@@ -243,7 +243,7 @@ def test_already_log_normalised_input():
 def test_sampler_keeps_small_groups():
     import torch
     codes = torch.tensor([0] * 5 + [1] * 70 + [-1] * 33)
-    smp = D.PerturbationBatchSampler(codes, torch.arange(len(codes)), batch_size=32, seed=1)
+    smp = L.PerturbationBatchSampler(codes, torch.arange(len(codes)), batch_size=32, seed=1)
     b = list(smp)
     assert sorted(torch.cat(b).tolist()) == list(range(len(codes)))
     assert min(len(x) for x in b) >= 5 and max(len(x) for x in b) <= 32

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 import torch
 
-from sccvae import data as D
+from sccvae import data as D, loader as L
 from sccvae.module import SCCVAEModule
 from sccvae.train import Trainer, TrainConfig, clip_global_
 
@@ -19,7 +19,7 @@ def tiny_data():
     D.apply_split(adata, D.ood_manifest(adata, n_folds=4, seed=0), 0)
     labels = D.perturbation_labels(adata, n_components=8)
     train = sorted(set(adata.obs.loc[adata.obs.split == "train", "_scc_target"].astype(str)) - {"control"})
-    return D.PerturbationData(adata, labels=labels.loc[train], device="cpu")
+    return L.PerturbationData(adata, labels=labels.loc[train], device="cpu")
 
 
 def _module(data, seed=0):
