@@ -1,4 +1,4 @@
-"""The yardstick on named screens: `sccvae.benchmark.benchmark` (k-fold leave-perturbations-out of SCCVAE
+"""The yardstick on named screens: `sccvae.experiment.benchmark.benchmark` (k-fold leave-perturbations-out of SCCVAE
 configurations and the baselines), printing the Markdown table of mean ± sd over held-out perturbations and writing
 CSVs + report.md under --out.
 
@@ -92,7 +92,8 @@ def main(argv=None) -> int:
     import torch
     torch.set_num_threads(a.threads)
     import pandas as pd
-    from sccvae.benchmark import benchmark, BenchmarkResult, BENCHMARK_BASELINES, BENCHMARK_CONFIGS
+    from sccvae.experiment.benchmark import benchmark, BenchmarkResult
+    from sccvae.experiment.benchmark_configs import BENCHMARK_BASELINES, BENCHMARK_CONFIGS
     configs = _names(a.configs)
     bad = [c for c in configs if c not in BENCHMARK_CONFIGS]
     if bad: p.error(f"unknown configurations {bad}; use {list(BENCHMARK_CONFIGS)}")
@@ -133,7 +134,7 @@ def embedding_sweep(a, configs, baselines) -> int:
     "One benchmark per --embedding-noise level on the simulator; prints Pearson Δ (all / no target) per method and noise."
     import numpy as np, pandas as pd
     from sccvae import data as scd
-    from sccvae.benchmark import benchmark
+    from sccvae.experiment.benchmark import benchmark
     from sccvae.synthetic import truth_embedding
     rows = []
     for seed in a.seeds:

@@ -1,4 +1,5 @@
-"""sccvae: single-cell causal VAE (SCCVAE) for predicting responses to unseen genetic perturbations."""
+"""Single-cell causal VAE (SCCVAE): predict responses to unseen genetic perturbations through a learned linear SCM"""
+
 __version__ = "0.1.0"
 
 from .data import setup_anndata, normalize, filter_perturbations, perturbation_labels  # noqa: F401

@@ -6,15 +6,17 @@ Docs: https://sccvae.github.io/sccvae/anchor.html.md"""
 
 # %% ../nbs/41_anchor.ipynb #40e21a46
 from __future__ import annotations
-import logging
 import numpy as np
 import pandas as pd
+import torch
+from fastcore.basics import patch
 
-log = logging.getLogger("sccvae")
-
+from . import data as scd
+from .module import scm_solve
 
 # %% auto #0
-__all__ = ['log', 'RIDGE_GRID', 'LABEL_DIMS', 'GENE_RANKS', 'ON_TARGET_MODELS', 'inner_folds', 'MeanAnchor', 'blend_weight']
+__all__ = ['RIDGE_GRID', 'LABEL_DIMS', 'GENE_RANKS', 'ON_TARGET_MODELS', 'inner_folds', 'MeanAnchor', 'blend_weight',
+           'fit_shift_shrinkage', 'fit_anchor']
 
 # %% ../nbs/41_anchor.ipynb #e5e04e54
 #: ridge strengths tried, as multiples of the number of training perturbations (λ = s·P on labels scaled to unit
@@ -42,8 +44,7 @@ def _gene_axes(Y, r: int) -> np.ndarray:
     "Top-`r` principal axes over genes (G × r) of the rows of `Y` (already centred)."
     r = int(min(r, *Y.shape))
     if min(Y.shape) <= 2000: return np.linalg.svd(Y, full_matrices=False)[2][:r].T
-    import torch                                      # genome-wide: a randomized SVD instead of the full one
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]):          # genome-wide: a randomized SVD instead of the full one
         torch.manual_seed(0)
         return torch.svd_lowrank(torch.from_numpy(Y), q=min(r + 10, *Y.shape), niter=4)[2][:, :r].numpy()
 
@@ -88,112 +89,12 @@ class MeanAnchor:
         self.gene_ranks = tuple(None if r is None else int(r) for r in gene_ranks)
         if not self.gene_ranks: raise ValueError("gene_ranks is empty; give at least one (None = no projection).")
 
-    def fit(self, delta, labels, target_cols, control_mean, label_reference=None):
-        """`delta`: training perturbations' mean change vs the control mean (P × G); `labels`: their labels (P × d);
-        `target_cols`: each one's target column (−1: its target is not a measured gene); `control_mean` (G).
-        `label_reference`: rows whose mean and average variance centre and scale the labels (default the training
-        labels); one scale for all components keeps the PCA's ordering, so the ridge shrinks the weak trailing
-        components most. Give the whole gene-embedding table: with a handful of training perturbations their own spread
-        is tiny in some directions, and an unseen gene's label would land far outside anything the ridge was fitted on."""
-        D = np.asarray(delta, np.float64); L = np.asarray(labels, np.float64)
-        t = np.asarray(target_cols, np.int64).reshape(-1); m = np.asarray(control_mean, np.float64).reshape(-1)
-        P, G = D.shape
-        if L.shape[0] != P or len(t) != P or len(m) != G:
-            raise ValueError(f"delta {D.shape}, labels {L.shape}, target_cols {t.shape} and control_mean {m.shape} disagree.")
-        if not (np.isfinite(D).all() and np.isfinite(L).all()): raise ValueError("delta and labels must be finite.")
-        R = L if label_reference is None else np.asarray(label_reference, np.float64)
-        if R.ndim != 2 or R.shape[1] != L.shape[1] or len(R) < 2 or not np.isfinite(R).all():
-            raise ValueError(f"label_reference must be a finite table with >= 2 rows and {L.shape[1]} columns, got {R.shape}.")
-        # one scale for all components (their relative variance, the PCA's ordering, is kept), from the reference rows
-        self.label_mean_ = R.mean(0)
-        self.label_scale_ = float(np.sqrt(max(R.var(0).mean(), 1e-12)))
-        Z = (L - self.label_mean_) / self.label_scale_
-        dims = sorted({min(k, L.shape[1]) if k is not None else L.shape[1] for k in self.label_dims})
-        self.control_mean_ = m
-        on = np.flatnonzero(t >= 0)
-        folds = inner_folds(P, self.n_folds, self.seed)
-        # off-target errors of every ridge strength, out of fold (each target's own column left out)
-        mask = np.ones((P, G), bool); mask[on, t[on]] = False
-        ranks = [r for r in self.gene_ranks if r is None or r < min(P - 1, G)] or [None]
-        cand = [(K, s, r) for K in dims for s in self.ridge_grid for r in ranks
-                if np.isfinite(s) or (K == dims[0] and r == ranks[-1])]       # λ = ∞ is the mean: once
-        def fold_predictions(cands):      # yields (candidate, held-out rows, their out-of-fold prediction)
-            for k in np.unique(folds):
-                tr, te = folds != k, folds == k
-                base, Y = self._offtarget_fit_data(D[tr], mask[tr])
-                Yr = {r: Y if r is None else Y @ (V := _gene_axes(Y, r)) @ V.T for r in {c[2] for c in cands}}
-                for K, s, r in cands:
-                    yield (K, s, r), te, base + Z[te, :K] @ _ridge(Z[tr, :K], Yr[r], s * tr.sum())
-        sse = dict.fromkeys(cand, 0.0)    # errors accumulated fold by fold: no P × G matrix per candidate is kept
-        for c, te, pred in fold_predictions(cand): sse[c] += float((((pred - D[te]) ** 2) * mask[te]).sum())
-        err = {c: v / max(mask.sum(), 1) for c, v in sse.items()}
-        # ties: the stronger ridge, fewer label components, the lower gene rank
-        self.label_dims_, self.ridge_scale_, self.gene_rank_ = min(
-            err, key=lambda c: (err[c], -c[1], c[0], -1 if c[2] is None else c[2]))
-        self.ridge_curve_ = pd.Series(err, name="cv_mse_off_target").rename_axis(["label_dims", "ridge_scale", "gene_rank"])
-        # on-target model: its own column's change beyond the off-target prediction, out of fold
-        best = np.zeros((P, G))
-        for _, te, pred in fold_predictions([(self.label_dims_, self.ridge_scale_, self.gene_rank_)]): best[te] = pred
-        ot_err = {}
-        for om in self.on_target_models:
-            pred = np.zeros(len(on))
-            for k in np.unique(folds):
-                tr = on[folds[on] != k]; te = np.flatnonzero(folds[on] == k)
-                par = _fit_on_target(om, D[tr, t[tr]], m[t[tr]])
-                pred[te] = _on_target_value(om, par, m[t[on[te]]])
-            ot_err[om] = float(np.mean((pred - D[on, t[on]]) ** 2)) if len(on) else 0.0
-        self.on_target_model_ = min(ot_err, key=lambda o: (ot_err[o], self.on_target_models.index(o))) if len(on) >= 2 else "none"
-        self.on_target_curve_ = pd.Series(ot_err, name="cv_mse_on_target").rename_axis("on_target_model")
-        # out-of-fold predictions at the chosen settings (for the blend weight), then the final fit on all
-        self.oof_ = best.copy()
-        for k in np.unique(folds):
-            tr = on[folds[on] != k]; te = on[folds[on] == k]
-            par = _fit_on_target(self.on_target_model_, D[tr, t[tr]], m[t[tr]])
-            self.oof_[te, t[te]] = _on_target_value(self.on_target_model_, par, m[t[te]])
-        self.base_, Y = self._offtarget_fit_data(D, mask)
-        if self.gene_rank_ is not None: Y = Y @ (V := _gene_axes(Y, self.gene_rank_)) @ V.T
-        self.W_ = _ridge(Z[:, :self.label_dims_], Y, self.ridge_scale_ * P)
-        self.on_target_param_ = _fit_on_target(self.on_target_model_, D[on, t[on]], m[t[on]])
-        self.n_perturbations_ = P
-        return self
-
     @staticmethod
     def _offtarget_fit_data(D, mask):
         "Column means over the perturbations that do not target the column, and the centred changes (own columns → 0)."
         cnt = mask.sum(0)
         base = np.where(cnt > 0, (D * mask).sum(0) / np.maximum(cnt, 1), 0.0)
         return base, np.where(mask, D - base, 0.0)
-
-    def predict(self, labels, target_cols) -> np.ndarray:
-        "Mean change (Q × G) of perturbations with these labels (Q × d) and target columns (−1: none)."
-        if not hasattr(self, "W_"): raise RuntimeError("MeanAnchor is not fitted: call .fit(...) first.")
-        Z = (np.asarray(labels, np.float64) - self.label_mean_) / self.label_scale_
-        t = np.asarray(target_cols, np.int64).reshape(-1)
-        out = self.base_[None] + Z[:, :self.label_dims_] @ self.W_
-        on = np.flatnonzero(t >= 0)
-        if len(on) and self.on_target_model_ != "none":
-            out[on, t[on]] = _on_target_value(self.on_target_model_, self.on_target_param_, self.control_mean_[t[on]])
-        return out
-
-    def state(self) -> dict:
-        "JSON-able fitted state (for `SCCVAE.save`)."
-        return dict(label_mean=self.label_mean_.tolist(), label_scale=float(self.label_scale_),
-                    control_mean=self.control_mean_.tolist(), base=self.base_.tolist(), W=self.W_.tolist(),
-                    ridge_scale=self.ridge_scale_, label_dims=int(self.label_dims_),
-                    gene_rank=-1 if self.gene_rank_ is None else int(self.gene_rank_), on_target_model=self.on_target_model_,
-                    on_target_param=self.on_target_param_, n_perturbations=self.n_perturbations_,
-                    n_folds=self.n_folds, seed=self.seed)
-
-    @classmethod
-    def from_state(cls, st: dict) -> "MeanAnchor":
-        a = cls(n_folds=st["n_folds"], seed=st["seed"])
-        for k in ("label_mean", "control_mean", "base", "W"): setattr(a, k + "_", np.asarray(st[k], np.float64))
-        a.label_scale_, a.label_dims_ = float(np.asarray(st["label_scale"])), int(st["label_dims"])
-        a.gene_rank_ = None if int(st["gene_rank"]) < 0 else int(st["gene_rank"])
-        a.ridge_scale_, a.on_target_model_ = float(st["ridge_scale"]), st["on_target_model"]
-        a.on_target_param_, a.n_perturbations_ = float(st["on_target_param"]), int(st["n_perturbations"])
-        return a
-
     def __repr__(self):
         if not hasattr(self, "W_"): return "MeanAnchor(not fitted)"
         r = "∞ (perturbed mean)" if not np.isfinite(self.ridge_scale_) else f"{self.ridge_scale_:g}·P"
@@ -202,6 +103,101 @@ class MeanAnchor:
                 f"components, {g}; on-target "
                 f"{self.on_target_model_} {self.on_target_param_:.3g})")
 
+# %% ../nbs/41_anchor.ipynb #631c60aa
+@patch
+def _fold_predictions(self: MeanAnchor, D, Z, mask, folds, cands):
+    "Yields (candidate, held-out rows, their out-of-fold prediction) of each (label dims, ridge scale, gene rank) in `cands`."
+    for k in np.unique(folds):
+        tr, te = folds != k, folds == k
+        base, Y = self._offtarget_fit_data(D[tr], mask[tr])
+        Yr = {r: Y if r is None else Y @ (V := _gene_axes(Y, r)) @ V.T for r in {c[2] for c in cands}}
+        for K, s, r in cands:
+            yield (K, s, r), te, base + Z[te, :K] @ _ridge(Z[tr, :K], Yr[r], s * tr.sum())
+
+def _cv_on_target(models, D, t, m, on, folds) -> dict:
+    "Out-of-fold error of each on-target model on the own-column change of the training perturbations `on`."
+    ot_err = {}
+    for om in models:
+        pred = np.zeros(len(on))
+        for k in np.unique(folds):
+            tr = on[folds[on] != k]; te = np.flatnonzero(folds[on] == k)
+            par = _fit_on_target(om, D[tr, t[tr]], m[t[tr]])
+            pred[te] = _on_target_value(om, par, m[t[on[te]]])
+        ot_err[om] = float(np.mean((pred - D[on, t[on]]) ** 2)) if len(on) else 0.0
+    return ot_err
+
+# %% ../nbs/41_anchor.ipynb #857e389a
+@patch
+def fit(self: MeanAnchor, delta, labels, target_cols, control_mean, label_reference=None):
+    """`delta`: training perturbations' mean change vs the control mean (P × G); `labels`: their labels (P × d);
+    `target_cols`: each one's target column (−1: its target is not a measured gene); `control_mean` (G).
+    `label_reference`: rows whose mean and average variance centre and scale the labels (default the training
+    labels); one scale for all components keeps the PCA's ordering, so the ridge shrinks the weak trailing
+    components most. Give the whole gene-embedding table: with a handful of training perturbations their own spread
+    is tiny in some directions, and an unseen gene's label would land far outside anything the ridge was fitted on."""
+    D = np.asarray(delta, np.float64); L = np.asarray(labels, np.float64)
+    t = np.asarray(target_cols, np.int64).reshape(-1); m = np.asarray(control_mean, np.float64).reshape(-1)
+    P, G = D.shape
+    if L.shape[0] != P or len(t) != P or len(m) != G:
+        raise ValueError(f"delta {D.shape}, labels {L.shape}, target_cols {t.shape} and control_mean {m.shape} disagree.")
+    if not (np.isfinite(D).all() and np.isfinite(L).all()): raise ValueError("delta and labels must be finite.")
+    R = L if label_reference is None else np.asarray(label_reference, np.float64)
+    if R.ndim != 2 or R.shape[1] != L.shape[1] or len(R) < 2 or not np.isfinite(R).all():
+        raise ValueError(f"label_reference must be a finite table with >= 2 rows and {L.shape[1]} columns, got {R.shape}.")
+    # one scale for all components (their relative variance, the PCA's ordering, is kept), from the reference rows
+    self.label_mean_ = R.mean(0)
+    self.label_scale_ = float(np.sqrt(max(R.var(0).mean(), 1e-12)))
+    Z = (L - self.label_mean_) / self.label_scale_
+    dims = sorted({min(k, L.shape[1]) if k is not None else L.shape[1] for k in self.label_dims})
+    self.control_mean_ = m
+    on = np.flatnonzero(t >= 0)
+    folds = inner_folds(P, self.n_folds, self.seed)
+    # off-target errors of every ridge strength, out of fold (each target's own column left out)
+    mask = np.ones((P, G), bool); mask[on, t[on]] = False
+    ranks = [r for r in self.gene_ranks if r is None or r < min(P - 1, G)] or [None]
+    cand = [(K, s, r) for K in dims for s in self.ridge_grid for r in ranks
+            if np.isfinite(s) or (K == dims[0] and r == ranks[-1])]       # λ = ∞ is the mean: once
+    sse = dict.fromkeys(cand, 0.0)    # errors accumulated fold by fold: no P × G matrix per candidate is kept
+    for c, te, pred in self._fold_predictions(D, Z, mask, folds, cand): sse[c] += float((((pred - D[te]) ** 2) * mask[te]).sum())
+    err = {c: v / max(mask.sum(), 1) for c, v in sse.items()}
+    # ties: the stronger ridge, fewer label components, the lower gene rank
+    self.label_dims_, self.ridge_scale_, self.gene_rank_ = min(
+        err, key=lambda c: (err[c], -c[1], c[0], -1 if c[2] is None else c[2]))
+    self.ridge_curve_ = pd.Series(err, name="cv_mse_off_target").rename_axis(["label_dims", "ridge_scale", "gene_rank"])
+    # on-target model: its own column's change beyond the off-target prediction, out of fold
+    best = np.zeros((P, G))
+    for _, te, pred in self._fold_predictions(
+            D, Z, mask, folds, [(self.label_dims_, self.ridge_scale_, self.gene_rank_)]): best[te] = pred
+    ot_err = _cv_on_target(self.on_target_models, D, t, m, on, folds)
+    self.on_target_model_ = min(ot_err, key=lambda o: (ot_err[o], self.on_target_models.index(o))) if len(on) >= 2 else "none"
+    self.on_target_curve_ = pd.Series(ot_err, name="cv_mse_on_target").rename_axis("on_target_model")
+    # out-of-fold predictions at the chosen settings (for the blend weight), then the final fit on all
+    self.oof_ = best.copy()
+    for k in np.unique(folds):
+        tr = on[folds[on] != k]; te = on[folds[on] == k]
+        par = _fit_on_target(self.on_target_model_, D[tr, t[tr]], m[t[tr]])
+        self.oof_[te, t[te]] = _on_target_value(self.on_target_model_, par, m[t[te]])
+    self.base_, Y = self._offtarget_fit_data(D, mask)
+    if self.gene_rank_ is not None: Y = Y @ (V := _gene_axes(Y, self.gene_rank_)) @ V.T
+    self.W_ = _ridge(Z[:, :self.label_dims_], Y, self.ridge_scale_ * P)
+    self.on_target_param_ = _fit_on_target(self.on_target_model_, D[on, t[on]], m[t[on]])
+    self.n_perturbations_ = P
+    return self
+
+# %% ../nbs/41_anchor.ipynb #6f23e568
+@patch
+def predict(self: MeanAnchor, labels, target_cols) -> np.ndarray:
+    "Mean change (Q × G) of perturbations with these labels (Q × d) and target columns (−1: none)."
+    if not hasattr(self, "W_"): raise RuntimeError("MeanAnchor is not fitted: call .fit(...) first.")
+    Z = (np.asarray(labels, np.float64) - self.label_mean_) / self.label_scale_
+    t = np.asarray(target_cols, np.int64).reshape(-1)
+    out = self.base_[None] + Z[:, :self.label_dims_] @ self.W_
+    on = np.flatnonzero(t >= 0)
+    if len(on) and self.on_target_model_ != "none":
+        out[on, t[on]] = _on_target_value(self.on_target_model_, self.on_target_param_, self.control_mean_[t[on]])
+    return out
+
+# %% ../nbs/41_anchor.ipynb #d6ac89c8
 def blend_weight(anchor_oof, model_oof, truth, grid=np.round(np.linspace(0, 1, 11), 2),
                  rule: str = "one_se") -> tuple[float, pd.DataFrame]:
     """The weight w of the model in (1 − w)·anchor + w·model, from out-of-fold predictions of the training
@@ -223,3 +219,130 @@ def blend_weight(anchor_oof, model_oof, truth, grid=np.round(np.linspace(0, 1, 1
     ok = Dif.mean(1) <= se if rule == "one_se" else np.arange(len(grid)) == best
     return float(grid[np.flatnonzero(ok)[0]]), curve
 
+
+# %% ../nbs/41_anchor.ipynb #b5c96965
+@patch
+def state(self: MeanAnchor) -> dict:
+    "JSON-able fitted state (for `SCCVAE.save`)."
+    return dict(label_mean=self.label_mean_.tolist(), label_scale=float(self.label_scale_),
+                control_mean=self.control_mean_.tolist(), base=self.base_.tolist(), W=self.W_.tolist(),
+                ridge_scale=self.ridge_scale_, label_dims=int(self.label_dims_),
+                gene_rank=-1 if self.gene_rank_ is None else int(self.gene_rank_), on_target_model=self.on_target_model_,
+                on_target_param=self.on_target_param_, n_perturbations=self.n_perturbations_,
+                n_folds=self.n_folds, seed=self.seed)
+
+@patch(cls_method=True)
+def from_state(cls: MeanAnchor, st: dict) -> "MeanAnchor":
+    a = cls(n_folds=st["n_folds"], seed=st["seed"])
+    for k in ("label_mean", "control_mean", "base", "W"): setattr(a, k + "_", np.asarray(st[k], np.float64))
+    a.label_scale_, a.label_dims_ = float(np.asarray(st["label_scale"])), int(st["label_dims"])
+    a.gene_rank_ = None if int(st["gene_rank"]) < 0 else int(st["gene_rank"])
+    a.ridge_scale_, a.on_target_model_ = float(st["ridge_scale"]), st["on_target_model"]
+    a.on_target_param_, a.n_perturbations_ = float(st["on_target_param"]), int(st["n_perturbations"])
+    return a
+
+# %% ../nbs/41_anchor.ipynb #7fc5e81e
+@torch.no_grad()
+def _train_pseudobulk(model, chunk: int = 4096) -> torch.Tensor:
+    "Mean log-normalised expression of each training perturbation's training cells (P x genes)."
+    data = model.data_view()
+    idx = data.indices("train")
+    P = len(data.perturbations)
+    tot = torch.zeros(P, data.n_genes, device=model.device); cnt = torch.zeros(P, device=model.device)
+    for s in range(0, len(idx), chunk):
+        i = idx[s:s + chunk]; code = data.codes[i].to(model.device)
+        tot.index_add_(0, code, data.rows(i).float()); cnt.index_add_(0, code, torch.ones(len(i), device=model.device))
+    return tot / cnt.clamp_min(1)[:, None]
+
+def _control_mean(model, chunk: int = 4096) -> np.ndarray:
+    "Mean log-normalised expression of the training control cells (float64)."
+    data = model.data_view()
+    pool = data.controls("train" if model.split_key is not None else None)
+    tot = torch.zeros(data.n_genes, dtype=torch.float64, device=model.device)
+    for s in range(0, len(pool), chunk): tot += data.rows(pool[s:s + chunk]).double().sum(0)
+    return (tot / max(len(pool), 1)).cpu().numpy()
+
+def _loo_subset(model, max_perturbations: int, seed: int) -> np.ndarray:
+    "The training perturbations (indices, sorted) that leave-one-out checks use: all, or a seeded sample."
+    P = len(model.train_perturbations)
+    return np.sort(np.random.default_rng(seed).choice(P, min(P, max_perturbations), replace=False))
+
+# %% ../nbs/41_anchor.ipynb #f9820c94
+@torch.no_grad()
+def _loo_means(model, js, alpha: float, *, penetrance: str = "prior", n_cells: int = 64, seed: int = 0,
+               chunk: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Decoded pseudo-bulk (J × genes) of training perturbations `js` with their kernel shift rebuilt from their
+    neighbours only (never themselves), at `penetrance` 'prior' (the neighbours' learned c, as `select_penetrance`'s
+    default) or 'median' (the median learned c), on `n_cells` control latents; and the decoded controls' pseudo-bulk."""
+    mod = model.module.eval()
+    data = model.data_view()
+    z, pick = model.control_latents(n_cells, seed, return_index=True)
+    lib = data.count_rows(pick).sum(1) if mod.likelihood == "nb" else None
+    A = mod.adjacency()
+    u0 = scm_solve(z, A)
+    Ltr = data.labels.to(model.device)
+    Ttr = mod.shift_specific(Ltr)
+    learned = mod.penetrance.detach().float()
+    out = np.empty((len(js), data.n_genes))
+    for s in range(0, len(js), chunk):
+        jt = torch.as_tensor(np.asarray(js[s:s + chunk]), device=model.device)
+        W = model.kernel_weights(Ltr[jt], exclude=jt)
+        c = W @ learned if penetrance == "prior" else torch.quantile(learned, 0.5).expand(len(jt))   # = pandas' median
+        v = scm_solve(c[:, None] * mod.shift(Ltr[jt], specific=float(alpha) * (W @ Ttr)), A)
+        u = (u0[None] + v[:, None]).reshape(-1, u0.shape[1])
+        cols = data.target_cols[jt.cpu()].to(model.device)
+        h = mod.add_on_target(mod.decode(u), c.repeat_interleave(n_cells), cols.repeat_interleave(n_cells))
+        mean = mod.expected(h, None if lib is None else lib.repeat(len(jt))).float().view(len(jt), n_cells, -1).mean(1)
+        out[s:s + len(jt)] = mean.cpu().numpy()
+    return out, mod.expected(mod.decode(u0), lib).float().mean(0).cpu().numpy()
+
+# %% ../nbs/41_anchor.ipynb #1995c899
+@torch.no_grad()
+def fit_shift_shrinkage(model, # a trained `SCCVAE` with `unseen_shift='kernel'`
+                        grid=(0.0, 0.25, 0.5, 0.75, 1.0), # candidate α
+                        n_cells: int = 64, # control latents shared by all candidates
+                        max_perturbations: int = 300, # training perturbations checked (a seeded sample beyond)
+                        seed: int = 0) -> pd.Series:
+    """Choose α of the kernel shift by leave-one-out over training perturbations: each one's shift is rebuilt
+    from its neighbours only (never itself), decoded at the median learned c on `n_cells` control latents
+    (`_loo_means`), and its pseudo-bulk compared (MSE over genes, its own target column left out: α is about network
+    effects) with its real training cells. Sets the model's `shift_alpha`, `shift_shrinkage`; returns the error per α."""
+    js = _loo_subset(model, max_perturbations, seed)
+    target = _train_pseudobulk(model)[torch.as_tensor(js, device=model.device)].double().cpu().numpy()
+    cols = model.data_view().target_cols[torch.as_tensor(js)].numpy()
+    on = np.flatnonzero(cols >= 0)
+    errs = {}
+    for a in grid:
+        sq = (_loo_means(model, js, a, penetrance="median", n_cells=n_cells, seed=seed)[0] - target) ** 2
+        sq[on, cols[on]] = 0.0                                                   # network effects only
+        errs[float(a)] = float(sq.mean())
+    curve = pd.Series(errs, name="loo_mse"); curve.index.name = "alpha"
+    model.shift_alpha = float(curve.idxmin()); model.shift_shrinkage = curve
+    return curve
+
+# %% ../nbs/41_anchor.ipynb #436b6b62
+@torch.no_grad()
+def fit_anchor(model, # a trained `SCCVAE` with `unseen_shift='kernel'`
+               n_folds: int = 5, # inner cross-validation folds over training perturbations
+               n_cells: int = 64, # control latents of SCCVAE's held-out predictions
+               max_perturbations: int = 300, # training perturbations that choose w (a seeded sample beyond)
+               seed: int = 0) -> pd.DataFrame:
+    """Fit the mean anchor (`MeanAnchor`: shared shift + cross-validated ridge on the label + on-target
+    change) on the training perturbations' pseudo-bulk changes, and choose the blend weight w of SCCVAE's own
+    prediction for unseen perturbations (mean change = (1 − w)·anchor + w·SCCVAE) on held-out training perturbations:
+    the anchor's out-of-fold predictions against SCCVAE's leave-one-out kernel predictions (`_loo_means`). Sets the
+    model's `anchor`, `anchor_weight` (unless it was built with a fixed `anchor_weight`: 0 = the anchor alone, an
+    ablation); returns the held-out error per w and its standard error (`anchor_curve`, see `blend_weight`)."""
+    ctrl = _control_mean(model)
+    delta = _train_pseudobulk(model).double().cpu().numpy() - ctrl
+    L = model.labels.loc[model.train_perturbations].to_numpy(np.float64)
+    cols = scd.target_columns(model.adata, model.train_perturbations)
+    anc = MeanAnchor(n_folds=n_folds, seed=seed).fit(delta, L, cols, ctrl, label_reference=model.labels.to_numpy(np.float64))
+    js = _loo_subset(model, max_perturbations, seed)
+    means, decoded_ctrl = _loo_means(model, js, model.shift_alpha, n_cells=n_cells, seed=seed)
+    # SCCVAE's held-out change: from the decoded controls (counterfactual cells) or from the real controls
+    change = means - (decoded_ctrl if model.decoding == "counterfactual" else ctrl)
+    w, curve = blend_weight(anc.oof_[js], change, delta[js])
+    w = w if model.fixed_anchor_weight is None else model.fixed_anchor_weight
+    model.anchor, model.anchor_weight, model.anchor_curve = anc, w, curve
+    return curve

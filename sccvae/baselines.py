@@ -12,15 +12,17 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import anndata as ad
+from fastcore.basics import patch
 
 from . import data as scd
+from .anchor import MeanAnchor
 from .metrics import declare_bulk
 
-log = logging.getLogger("sccvae")
+_log = logging.getLogger("sccvae")
 
 # %% auto #0
-__all__ = ['log', 'Baseline', 'ControlBaseline', 'PerturbedMeanBaseline', 'PerturbedMeanOnTargetBaseline', 'LinearBaseline',
-           'NearestPerturbationBaseline', 'AnchorBaseline']
+__all__ = ['Baseline', 'ControlBaseline', 'PerturbedMeanBaseline', 'PerturbedMeanOnTargetBaseline', 'labels_for',
+           'LinearBaseline', 'NearestPerturbationBaseline', 'AnchorBaseline']
 
 # %% ../nbs/31_baselines.ipynb #417b1779
 def _pseudobulk(X, codes: np.ndarray, n: int) -> np.ndarray:
@@ -40,6 +42,8 @@ def _n_cells_for(perturbations, n_cells, default):
         return {p: int(n_cells[p]) for p in perturbations}
     raise TypeError(f"n_cells must be None, an int or a mapping perturbation -> int, not {type(n_cells).__name__}.")
 
+
+# %% ../nbs/31_baselines.ipynb #5ce42096
 class Baseline:
     "Common fit/predict of the baselines: a predicted change Δ added to resampled training controls."
     name = "baseline"
@@ -54,7 +58,7 @@ class Baseline:
         if split_key is not None and split_key in adata.obs:
             train = adata.obs[split_key].astype(str).to_numpy() == "train"
         elif split_key is not None:
-            log.info("no obs[%r] column: every cell is used as training data", split_key)
+            _log.info("no obs[%r] column: every cell is used as training data", split_key)
         is_ctrl = (tgt == scd.CONTROL).to_numpy() & train
         if not is_ctrl.any(): raise ValueError("no training control cells: controls must be in the training split.")
         X = adata.X
@@ -79,42 +83,47 @@ class Baseline:
     def _check(self):
         if not hasattr(self, "control_"): raise RuntimeError(f"{type(self).__name__} is not fitted: call .fit(adata) first.")
 
-    def predict_bulk(self, perturbations: Sequence[str]) -> pd.DataFrame:
-        "Predicted pseudo-bulk (log-normalised mean expression): perturbations × genes (columns = training var_names)."
-        self._check()
-        perts = [str(p) for p in perturbations]
-        D = self._delta(perts)
-        return pd.DataFrame(self.control_mean_[None] + D, index=pd.Index(perts, name="perturbation"), columns=self.var_.index)
+# %% ../nbs/31_baselines.ipynb #e2d1c817
+@patch
+def predict_bulk(self: Baseline, perturbations: Sequence[str]) -> pd.DataFrame:
+    "Predicted pseudo-bulk (log-normalised mean expression): perturbations × genes (columns = training var_names)."
+    self._check()
+    perts = [str(p) for p in perturbations]
+    D = self._delta(perts)
+    return pd.DataFrame(self.control_mean_[None] + D, index=pd.Index(perts, name="perturbation"), columns=self.var_.index)
 
-    def predict(self, perturbations: Sequence[str], n_cells=None, seed: int = 0) -> ad.AnnData:
-        """Predicted cells: training controls resampled with replacement (seeded per perturbation) plus Δ.
+# %% ../nbs/31_baselines.ipynb #1f37cbad
+@patch
+def predict(self: Baseline, perturbations: Sequence[str], n_cells=None, seed: int = 0) -> ad.AnnData:
+    """Predicted cells: training controls resampled with replacement (seeded per perturbation) plus Δ.
 
-        `n_cells`: cells per perturbation, an int or a mapping perturbation → int (e.g. the true counts); default the
-        median number of training cells per perturbation."""
-        self._check()
-        perts = [str(p) for p in perturbations]
-        bulk = self.predict_bulk(perts)
-        D = bulk.to_numpy() - self.control_mean_[None]
-        counts = _n_cells_for(perts, n_cells, self.default_n_cells_)
-        n_ctrl = self.control_.shape[0]
-        blocks, labels = [], []
-        for i, p in enumerate(perts):
-            rows = np.random.default_rng([int(seed), zlib.crc32(p.encode())]).integers(0, n_ctrl, counts[p])
-            x = self.control_[rows]
-            x = x.toarray() if sp.issparse(x) else np.array(x)
-            blocks.append((x + D[i].astype(np.float32)).astype(np.float32, copy=False)); labels += [p] * counts[p]
-        X = np.vstack(blocks) if blocks else np.zeros((0, len(self.var_)), dtype=np.float32)
-        lab = pd.Categorical(labels, categories=perts)
-        obs = pd.DataFrame({scd.TARGET_KEY: lab}, index=[f"{self.name}_{j}" for j in range(len(labels))])
-        if self.perturbation_key_ != scd.TARGET_KEY: obs[self.perturbation_key_] = lab
-        out = ad.AnnData(X, obs=obs, var=self.var_.copy())
-        out.uns["sccvae_prediction"] = {"method": self.name, "seed": int(seed)}
-        return declare_bulk(out, bulk)
+    `n_cells`: cells per perturbation, an int or a mapping perturbation → int (e.g. the true counts); default the
+    median number of training cells per perturbation."""
+    self._check()
+    perts = [str(p) for p in perturbations]
+    bulk = self.predict_bulk(perts)
+    D = bulk.to_numpy() - self.control_mean_[None]
+    counts = _n_cells_for(perts, n_cells, self.default_n_cells_)
+    n_ctrl = self.control_.shape[0]
+    blocks, labels = [], []
+    for i, p in enumerate(perts):
+        rows = np.random.default_rng([int(seed), zlib.crc32(p.encode())]).integers(0, n_ctrl, counts[p])
+        x = self.control_[rows]
+        x = x.toarray() if sp.issparse(x) else np.array(x)
+        blocks.append((x + D[i].astype(np.float32)).astype(np.float32, copy=False)); labels += [p] * counts[p]
+    X = np.vstack(blocks) if blocks else np.zeros((0, len(self.var_)), dtype=np.float32)
+    lab = pd.Categorical(labels, categories=perts)
+    obs = pd.DataFrame({scd.TARGET_KEY: lab}, index=[f"{self.name}_{j}" for j in range(len(labels))])
+    if self.perturbation_key_ != scd.TARGET_KEY: obs[self.perturbation_key_] = lab
+    out = ad.AnnData(X, obs=obs, var=self.var_.copy())
+    out.uns["sccvae_prediction"] = {"method": self.name, "seed": int(seed)}
+    return declare_bulk(out, bulk)
 
-    def __repr__(self):
-        fitted = f"fitted on {len(self.train_perturbations_)} perturbations, {self.control_.shape[0]} controls" \
-            if hasattr(self, "control_") else "not fitted"
-        return f"{type(self).__name__}({fitted})"
+@patch
+def __repr__(self: Baseline):
+    fitted = f"fitted on {len(self.train_perturbations_)} perturbations, {self.control_.shape[0]} controls" \
+        if hasattr(self, "control_") else "not fitted"
+    return f"{type(self).__name__}({fitted})"
 
 # %% ../nbs/31_baselines.ipynb #e40b46bf
 class ControlBaseline(Baseline):
@@ -158,7 +167,9 @@ class PerturbedMeanOnTargetBaseline(PerturbedMeanBaseline):
         return D
 
 # %% ../nbs/31_baselines.ipynb #72c68088
-def _labels_for(adata, labels, n_components, seed):
+def labels_for(adata, labels: pd.DataFrame | None, n_components: int, seed: int) -> pd.DataFrame:
+    """`labels` as float64, or the default perturbation labels of the label-space baselines: `sccvae.data.perturbation_labels`
+    (`n_components`-component control PCA, seeded) for every measured gene symbol (first occurrence), unlabelled dropped."""
     if labels is not None:
         if not isinstance(labels, pd.DataFrame): raise TypeError("labels must be a DataFrame indexed by perturbation symbol.")
         return labels.astype(np.float64)
@@ -184,10 +195,10 @@ class LinearBaseline(Baseline):
         self.n_components, self.ridge, self.labels, self.label_components, self.seed = n_components, ridge, labels, label_components, seed
 
     def _fit(self, adata):
-        self.labels_ = _labels_for(adata, self.labels, self.label_components, self.seed)
+        self.labels_ = labels_for(adata, self.labels, self.label_components, self.seed)
         perts = [p for p in self.train_perturbations_ if p in self.labels_.index]
         if len(perts) < len(self.train_perturbations_):
-            log.warning("LinearBaseline: %d training perturbations have no label and are left out",
+            _log.warning("LinearBaseline: %d training perturbations have no label and are left out",
                         len(self.train_perturbations_) - len(perts))
         if len(perts) < 2: raise ValueError("LinearBaseline needs at least 2 labelled training perturbations.")
         idx = [self.train_perturbations_.index(p) for p in perts]
@@ -218,7 +229,7 @@ class NearestPerturbationBaseline(Baseline):
         self.k, self.metric, self.labels, self.label_components, self.exclude_self, self.seed = k, metric, labels, label_components, exclude_self, seed
 
     def _fit(self, adata):
-        self.labels_ = _labels_for(adata, self.labels, self.label_components, self.seed)
+        self.labels_ = labels_for(adata, self.labels, self.label_components, self.seed)
         self.fit_perturbations_ = [p for p in self.train_perturbations_ if p in self.labels_.index]
         if not self.fit_perturbations_: raise ValueError("no labelled training perturbations.")
         idx = [self.train_perturbations_.index(p) for p in self.fit_perturbations_]
@@ -257,8 +268,7 @@ class AnchorBaseline(Baseline):
         self.labels, self.label_components, self.n_folds, self.seed = labels, label_components, n_folds, seed
 
     def _fit(self, adata):
-        from sccvae.anchor import MeanAnchor
-        self.labels_ = _labels_for(adata, self.labels, self.label_components, self.seed)
+        self.labels_ = labels_for(adata, self.labels, self.label_components, self.seed)
         perts = [p for p in self.train_perturbations_ if p in self.labels_.index]
         if len(perts) < 2: raise ValueError("AnchorBaseline needs at least 2 labelled training perturbations.")
         idx = [self.train_perturbations_.index(p) for p in perts]

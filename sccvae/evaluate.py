@@ -12,15 +12,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 import anndata as ad
+from fastcore.basics import patch
 
 from . import metrics as M
-from .utils import get_device, write_csv, write_json
+from .data import CONTROL, REGISTRY_KEY, TARGET_KEY, gene_symbols
+from .utils import get_device, md_table, write_csv, write_json
 
-log = logging.getLogger("sccvae")
+_log = logging.getLogger("sccvae")
 
 # %% auto #0
-__all__ = ['log', 'EvalResult', 'evaluate']
+__all__ = ['EvalResult', 'evaluate']
 
 # %% ../nbs/32_evaluate.ipynb #ac04ca70
 def _fmt(m, s, n):
@@ -32,6 +35,8 @@ def _order(df, col, first):
     seen = list(dict.fromkeys(first)) + [x for x in df[col].unique() if x not in first]
     return [x for x in seen if x in set(df[col])]
 
+
+# %% ../nbs/32_evaluate.ipynb #d7cc4bd3
 @dataclass
 class EvalResult:
     "Per-perturbation scores of one or more methods, with paper-layout summaries."
@@ -79,61 +84,63 @@ class EvalResult:
         tab.index.names, tab.columns.name = ["gene_set", "metric", "stratum"], None
         return tab.fillna("N/A")
 
-    def markdown(self, gene_set: str | None = None, family: str | None = None, stratified: bool = False) -> str:
-        "The summary (or stratified) table as a Markdown pipe table, for notes and reports (no extra dependency)."
-        tab = (self.stratified if stratified else self.summary)(gene_set=gene_set, family=family)
-        if gene_set is not None: tab = tab.droplevel(0)
-        idx = [" / ".join(map(str, i)) if isinstance(i, tuple) else str(i) for i in tab.index]
-        head = ["metric"] + [str(c) for c in tab.columns]
-        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        lines += ["| " + " | ".join([i] + [str(v) for v in row]) + " |" for i, row in zip(idx, tab.to_numpy())]
-        return "\n".join(lines)
+# %% ../nbs/32_evaluate.ipynb #681be650
+@patch(cls_method=True)
+def concat(cls: EvalResult, results, restratify: bool = True, labels=("low", "mid", "high")) -> "EvalResult":
+    "Pool results (e.g. the OOD folds); strata are recomputed from the pooled true E-distances to control."
+    results = list(results)
+    keys = ["fold"] if all("fold" in r.per_perturbation for r in results) else []
+    df = pd.concat([r.per_perturbation for r in results], ignore_index=True)
+    if restratify and "edist_to_control" in df:
+        per = df.drop_duplicates(["perturbation"] + keys).set_index(["perturbation"] + keys)["edist_to_control"]
+        st = M.effect_strata(per.reset_index(drop=True), labels)
+        st.index = per.index
+        df["stratum"] = [st.get(k) for k in (zip(df.perturbation, *[df[c] for c in keys]) if keys else df.perturbation)]
+    settings = dict(results[0].settings) if results else {}
+    settings["pooled_results"] = len(results)
+    return cls(df, settings)
 
-    def wide(self) -> pd.DataFrame:
-        "One row per (perturbation, gene set, metric), one column per method (for paired comparisons)."
-        return self.per_perturbation.pivot_table(index=["gene_set", "metric", "perturbation"], columns="method",
-                                                 values="value", aggfunc="first")[self.methods]
+# %% ../nbs/32_evaluate.ipynb #bcfc3473
+@patch
+def markdown(self: EvalResult, gene_set: str | None = None, family: str | None = None, stratified: bool = False) -> str:
+    "The summary (or stratified) table as a Markdown pipe table, for notes and reports (`sccvae.utils.md_table`)."
+    tab = (self.stratified if stratified else self.summary)(gene_set=gene_set, family=family)
+    if gene_set is not None: tab = tab.droplevel(0)
+    idx = [" / ".join(map(str, i)) if isinstance(i, tuple) else str(i) for i in tab.index]
+    return md_table(tab.set_axis(pd.Index(idx, name="metric"), axis=0))
 
-    def to_csv(self, folder) -> dict[str, Path]:
-        "Write per_perturbation.csv, summary.csv, summary_<gene set>.csv (paper layout), stratified.csv, settings.json (atomically)."
-        folder = Path(folder)
-        out = {"per_perturbation": write_csv(folder / "per_perturbation.csv", self.per_perturbation, index=False),
-               "summary": write_csv(folder / "summary.csv", self.summary(fmt=False), index=False),
-               "stratified": write_csv(folder / "stratified.csv", self.stratified(fmt=False), index=False),
-               "settings": write_json(folder / "settings.json", self.settings)}
-        for g in self.gene_sets:
-            out[f"summary_{g}"] = write_csv(folder / f"summary_{g}.csv", self.summary(gene_set=g).droplevel(0))
-        return out
+@patch
+def wide(self: EvalResult) -> pd.DataFrame:
+    "One row per (perturbation, gene set, metric), one column per method (for paired comparisons)."
+    return self.per_perturbation.pivot_table(index=["gene_set", "metric", "perturbation"], columns="method",
+                                             values="value", aggfunc="first")[self.methods]
 
-    @classmethod
-    def concat(cls, results, restratify: bool = True, labels=("low", "mid", "high")) -> "EvalResult":
-        "Pool results (e.g. the OOD folds); strata are recomputed from the pooled true E-distances to control."
-        results = list(results)
-        keys = ["fold"] if all("fold" in r.per_perturbation for r in results) else []
-        df = pd.concat([r.per_perturbation for r in results], ignore_index=True)
-        if restratify and "edist_to_control" in df:
-            per = df.drop_duplicates(["perturbation"] + keys).set_index(["perturbation"] + keys)["edist_to_control"]
-            st = M.effect_strata(per.reset_index(drop=True), labels)
-            st.index = per.index
-            df["stratum"] = [st.get(k) for k in (zip(df.perturbation, *[df[c] for c in keys]) if keys else df.perturbation)]
-        settings = dict(results[0].settings) if results else {}
-        settings["pooled_results"] = len(results)
-        return cls(df, settings)
+# %% ../nbs/32_evaluate.ipynb #e7424241
+@patch
+def to_csv(self: EvalResult, folder) -> dict[str, Path]:
+    "Write per_perturbation.csv, summary.csv, summary_<gene set>.csv (paper layout), stratified.csv, settings.json (atomically)."
+    folder = Path(folder)
+    out = {"per_perturbation": write_csv(folder / "per_perturbation.csv", self.per_perturbation, index=False),
+           "summary": write_csv(folder / "summary.csv", self.summary(fmt=False), index=False),
+           "stratified": write_csv(folder / "stratified.csv", self.stratified(fmt=False), index=False),
+           "settings": write_json(folder / "settings.json", self.settings)}
+    for g in self.gene_sets:
+        out[f"summary_{g}"] = write_csv(folder / f"summary_{g}.csv", self.summary(gene_set=g).droplevel(0))
+    return out
 
-    def __repr__(self):
-        df = self.per_perturbation
-        return (f"EvalResult({len(self.methods)} methods {self.methods}, {df.perturbation.nunique()} perturbations, "
-                f"gene sets {self.gene_sets}, {df.metric.nunique()} metrics, {len(df)} rows)")
+@patch
+def __repr__(self: EvalResult):
+    df = self.per_perturbation
+    return (f"EvalResult({len(self.methods)} methods {self.methods}, {df.perturbation.nunique()} perturbations, "
+            f"gene sets {self.gene_sets}, {df.metric.nunique()} metrics, {len(df)} rows)")
 
 # %% ../nbs/32_evaluate.ipynb #c0a2eb1b
 def _default_key(truth):
-    from sccvae.data import TARGET_KEY
     if TARGET_KEY in truth.obs: return TARGET_KEY
     raise KeyError(f"pass perturbation_key=: truth.obs has no canonical {TARGET_KEY!r} column "
                    f"(columns: {list(truth.obs.columns)}).")
 
 def _control_labels(truth, key):
-    from sccvae.data import CONTROL, REGISTRY_KEY
     labs = {CONTROL}
     reg = truth.uns.get(REGISTRY_KEY, {})
     if reg.get("perturbation_key") == key: labs |= set(np.atleast_1d(reg.get("control_group", [])).astype(str))
@@ -141,7 +148,6 @@ def _control_labels(truth, key):
 
 def _check_finite(name, p, key):
     "Raise if the predicted cells of method `name` hold NaN/inf (they would give NaN scores, or none)."
-    import scipy.sparse as sp
     X = p.X
     if sp.issparse(X):
         X = X.tocsr()
@@ -160,6 +166,18 @@ def _check_finite(name, p, key):
                      + (f" (perturbations {perts[:5]})" if perts else "") + ": they cannot be scored. Predict them "
                      "again with finite inputs (e.g. a finite `penetrance=`), or drop those cells before `evaluate`.")
 
+def _check_predictions(preds, key, use_bulk):
+    "Raise if any method's cells or declared pseudo-bulk hold NaN/inf."
+    for name, p in preds.items():
+        _check_finite(name, p, key)
+        b = p.uns.get(M.BULK_KEY) if use_bulk else None
+        if b is not None and not np.isfinite(np.asarray(b["X"], dtype=np.float64)).all():
+            bad = np.asarray(b["perturbations"]).astype(str)[~np.isfinite(np.asarray(b["X"], dtype=np.float64)).all(1)]
+            raise ValueError(f"the declared pseudo-bulk of {name!r} has NaN/inf values (perturbations "
+                             f"{bad.tolist()[:5]}): declare a finite bulk, or pass use_bulk=False to score the cells.")
+
+
+# %% ../nbs/32_evaluate.ipynb #1d2a92e3
 def evaluate(pred: ad.AnnData | Mapping[str, ad.AnnData], truth: ad.AnnData, control, *,
              perturbation_key: str | None = None, gene_sets: Mapping | None = None, metrics="all", device=None,
              seed: int = 0, n_pcs: int = 50, max_cells: int = 512, de_k: int = 20, use_bulk: bool = True,
@@ -174,25 +192,18 @@ def evaluate(pred: ad.AnnData | Mapping[str, ad.AnnData], truth: ad.AnnData, con
     `device`: torch device (default: GPU if present); `n_pcs`, `max_cells`: space and cell cap of the
     distribution metrics; `de_k`: number of true DE genes; `use_bulk`: score declared pseudo-bulks (baselines);
     `fold`: optional label stored in a `fold` column (for `EvalResult.concat`)."""
-    from sccvae.data import gene_symbols
     preds = {"pred": pred} if isinstance(pred, ad.AnnData) else dict(pred)
     if not preds: raise ValueError("no predictions to evaluate.")
     bad = [k for k, v in preds.items() if not isinstance(v, ad.AnnData)]
     if bad: raise TypeError(f"predictions {bad} are not AnnData objects; pass {{method: AnnData}}.")
     key = perturbation_key or _default_key(truth)
-    for name, p in preds.items():
-        _check_finite(name, p, key)
-        b = p.uns.get(M.BULK_KEY) if use_bulk else None
-        if b is not None and not np.isfinite(np.asarray(b["X"], dtype=np.float64)).all():
-            bad = np.asarray(b["perturbations"]).astype(str)[~np.isfinite(np.asarray(b["X"], dtype=np.float64)).all(1)]
-            raise ValueError(f"the declared pseudo-bulk of {name!r} has NaN/inf values (perturbations "
-                             f"{bad.tolist()[:5]}): declare a finite bulk, or pass use_bulk=False to score the cells.")
+    _check_predictions(preds, key, use_bulk)
     want = M.resolve_metrics(metrics)
     dev = get_device(device=device) if device is not None else get_device("auto")
     if gene_sets is None:
         gene_sets = {"all": None}
         if isinstance(control, ad.AnnData): gene_sets["top50"] = M.top_hvg(control, 50)
-        else: log.warning("control is an array: only the 'all' gene set (pass gene_sets= for top-50 genes)")
+        else: _log.warning("control is an array: only the 'all' gene set (pass gene_sets= for top-50 genes)")
     ref = M.ControlReference(control, truth.var_names, gene_sets, n_pcs=n_pcs, max_cells=max_cells, seed=seed, device=dev)
     ts = M.TruthSet(truth, ref, perturbation_key=key, control_labels=_control_labels(truth, key), de_k=de_k, seed=seed,
                     symbols=gene_symbols(truth))

@@ -11,11 +11,14 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from fastcore.basics import patch
 
-log = logging.getLogger("sccvae")
+from .utils import pca_basis
+
+_log = logging.getLogger("sccvae")
 
 # %% auto #0
-__all__ = ['log', 'METRICS', 'PARITY', 'CORRECTED', 'NO_CHANGE_ATOL', 'BULK_KEY', 'metric_label', 'resolve_metrics', 'top_hvg',
+__all__ = ['METRICS', 'PARITY', 'CORRECTED', 'NO_CHANGE_ATOL', 'BULK_KEY', 'metric_label', 'resolve_metrics', 'top_hvg',
            'GroupedCells', 'paper_block_mmd', 'paper_block_energy', 'paper_mmd', 'paper_energy', 'paper_directions',
            'pearson_rows', 'pearson', 'edistance', 'mmd2_unbiased', 'median_heuristic', 'gaussian_mmd2',
            'gaussian_edistance_1d', 'welch_t', 'discrimination_score', 'ControlReference', 'effect_strata', 'TruthSet',
@@ -76,6 +79,47 @@ def top_hvg(control, n: int = 50, flavor: str = "seurat") -> list[str]:
     return list(map(str, hv))
 
 # %% ../nbs/30_metrics.ipynb #0cc0d244
+_CHUNK = 512   # rows per chunk: temporaries of ~17 MB at 8.5k genes stay below glibc's mmap threshold (no page-fault storms)
+
+def _rows_tensor(X, rows, device):
+    "Rows `rows` of a dense/sparse matrix as a float32 tensor on `device` (densified in chunks)."
+    torch = _torch()
+    rows = np.asarray(rows, dtype=np.int64)
+    if not sp.issparse(X) and isinstance(X, np.ndarray) and X.dtype == np.float32 and len(rows) == X.shape[0] \
+            and np.array_equal(rows, np.arange(X.shape[0])):
+        return torch.from_numpy(np.ascontiguousarray(X)).to(device)
+    out = torch.empty((len(rows), X.shape[1]), dtype=torch.float32, device=device)
+    for s in range(0, len(rows), _CHUNK):
+        out[s:s + _CHUNK] = torch.from_numpy(_as_dense32(X[rows[s:s + _CHUNK]])).to(device)
+    return out
+
+def _segment_sum(X, rows, gid, n_groups, center=None, shift=None):
+    """Per-group sums of rows of `X` (all, or `rows`) minus `shift` (a float32 gene vector), or of squared deviations
+    from `center[group]` (float32, groups × genes). Partial sums over ≤ 512-row chunks in float32, accumulated across
+    chunks in float64 (subtracting a typical value first keeps the float32 partial sums small and exact to ~1e-7)."""
+    torch = _torch()
+    n = X.shape[0] if rows is None else len(rows)
+    out = torch.zeros((n_groups, X.shape[1]), dtype=torch.float64, device=X.device)
+    for s in range(0, n, _CHUNK):
+        blk = X[s:s + _CHUNK] if rows is None else X[rows[s:s + _CHUNK]]
+        g = gid[s:s + _CHUNK]
+        if center is not None: blk = (blk - center[g]).pow_(2)
+        elif shift is not None: blk = blk - shift
+        u, inv = torch.unique(g, return_inverse=True)
+        part = torch.zeros((len(u), X.shape[1]), dtype=torch.float32, device=X.device).index_add_(0, inv, blk)
+        out.index_add_(0, u, part.double())
+    return out
+
+def _segment_mean(X, rows, gid, n_groups):
+    "Mean of rows of `X` (all, or `rows`) per group id `gid` (aligned with `rows`), float64."
+    torch = _torch()
+    cnt = torch.bincount(gid, minlength=n_groups).double()
+    first = X[:_CHUNK] if rows is None else X[rows[:_CHUNK]]
+    shift = first.mean(0) if len(first) else torch.zeros(X.shape[1], device=X.device)
+    return _segment_sum(X, rows, gid, n_groups, shift=shift) / cnt.clamp_min(1)[:, None] + shift.double()
+
+
+# %% ../nbs/30_metrics.ipynb #e800fe5c
 def _torch():
     import torch
     return torch
@@ -120,45 +164,6 @@ class GroupedCells:
     def __repr__(self):
         return f"GroupedCells({self.X.shape[0]} cells x {self.n_genes} genes in {len(self.groups)} groups, {self.device})"
 
-_CHUNK = 512   # rows per chunk: temporaries of ~17 MB at 8.5k genes stay below glibc's mmap threshold (no page-fault storms)
-
-def _rows_tensor(X, rows, device):
-    "Rows `rows` of a dense/sparse matrix as a float32 tensor on `device` (densified in chunks)."
-    torch = _torch()
-    rows = np.asarray(rows, dtype=np.int64)
-    if not sp.issparse(X) and isinstance(X, np.ndarray) and X.dtype == np.float32 and len(rows) == X.shape[0] \
-            and np.array_equal(rows, np.arange(X.shape[0])):
-        return torch.from_numpy(np.ascontiguousarray(X)).to(device)
-    out = torch.empty((len(rows), X.shape[1]), dtype=torch.float32, device=device)
-    for s in range(0, len(rows), _CHUNK):
-        out[s:s + _CHUNK] = torch.from_numpy(_as_dense32(X[rows[s:s + _CHUNK]])).to(device)
-    return out
-
-def _segment_sum(X, rows, gid, n_groups, center=None, shift=None):
-    """Per-group sums of rows of `X` (all, or `rows`) minus `shift` (a float32 gene vector), or of squared deviations
-    from `center[group]` (float32, groups × genes). Partial sums over ≤ 512-row chunks in float32, accumulated across
-    chunks in float64 (subtracting a typical value first keeps the float32 partial sums small and exact to ~1e-7)."""
-    torch = _torch()
-    n = X.shape[0] if rows is None else len(rows)
-    out = torch.zeros((n_groups, X.shape[1]), dtype=torch.float64, device=X.device)
-    for s in range(0, n, _CHUNK):
-        blk = X[s:s + _CHUNK] if rows is None else X[rows[s:s + _CHUNK]]
-        g = gid[s:s + _CHUNK]
-        if center is not None: blk = (blk - center[g]).pow_(2)
-        elif shift is not None: blk = blk - shift
-        u, inv = torch.unique(g, return_inverse=True)
-        part = torch.zeros((len(u), X.shape[1]), dtype=torch.float32, device=X.device).index_add_(0, inv, blk)
-        out.index_add_(0, u, part.double())
-    return out
-
-def _segment_mean(X, rows, gid, n_groups):
-    "Mean of rows of `X` (all, or `rows`) per group id `gid` (aligned with `rows`), float64."
-    torch = _torch()
-    cnt = torch.bincount(gid, minlength=n_groups).double()
-    first = X[:_CHUNK] if rows is None else X[rows[:_CHUNK]]
-    shift = first.mean(0) if len(first) else torch.zeros(X.shape[1], device=X.device)
-    return _segment_sum(X, rows, gid, n_groups, shift=shift) / cnt.clamp_min(1)[:, None] + shift.double()
-
 # %% ../nbs/30_metrics.ipynb #e5329f17
 def paper_block_mmd(P, T):
     "The authors' per-block MMD for a batch of index-aligned blocks `P`, `T` (blocks × n × genes): biased MMD², 5 adaptive bandwidths."
@@ -190,6 +195,8 @@ def paper_block_energy(P, T, perm_p, perm_t, genes=None):
     dxy, dxx, dyy = (s.sum(1) / (P.shape[1] * s.shape[1]) for s in parts)
     return 2 * dxy - dxx - dyy
 
+
+# %% ../nbs/30_metrics.ipynb #8b8d3d9c
 def _blocks(n: int, size: int = 32) -> np.ndarray:
     "Consecutive index-aligned blocks of `size` (the last partial block is dropped, as in the original)."
     nb = n // size
@@ -227,6 +234,7 @@ def paper_energy(pred, true, seed: int = 0, device="cpu") -> float:
     idx = torch.as_tensor(b, device=P.device)
     return float(paper_block_energy(P[idx], T[idx], pp, pt).mean())
 
+# %% ../nbs/30_metrics.ipynb #647bd67a
 def paper_directions(pred_mean, true_mean, ctrl_mean):
     "Fractions of genes with the same (`|Δsign| = 0`) and the opposite (`= 2`) direction of change vs `ctrl_mean` (rows: perturbations)."
     torch = _torch()
@@ -365,6 +373,8 @@ def _gene_index(var_names: pd.Index, genes) -> np.ndarray:
                        "gene sets are lists of var_names.")
     return pos
 
+
+# %% ../nbs/30_metrics.ipynb #9f5edb26
 class ControlReference:
     "What every method is compared against, computed once from the training controls (AnnData or cells × genes array)."
     def __init__(self, control, var_names, gene_sets: Mapping[str, Sequence[str] | None], *, n_pcs: int = 50,
@@ -389,7 +399,7 @@ class ControlReference:
         if X.shape[0] < 2: raise ValueError("the control reference needs at least 2 control cells.")
         device = torch.device(device)
         if device.type == "mps":
-            log.warning("metrics need float64 reductions, which Apple MPS lacks: computing on the CPU")
+            _log.warning("metrics need float64 reductions, which Apple MPS lacks: computing on the CPU")
             device = torch.device("cpu")
         self.device, self.seed, self.n_pcs, self.max_cells = torch.device(device), seed, n_pcs, max_cells
         Xc = _rows_tensor(X, np.arange(X.shape[0]), self.device)
@@ -410,32 +420,33 @@ class ControlReference:
             self.cells[name] = self.project(Xc[sub], name)
         del Xc
 
-    def _var(self, Xc):
-        torch = _torch()
-        gid = torch.zeros(Xc.shape[0], dtype=torch.long, device=Xc.device)
-        return _segment_sum(Xc, None, gid, 1, center=self.mean.float()[None])[0] / (self.n - 1)
+# %% ../nbs/30_metrics.ipynb #67f9eb29
+@patch
+def _var(self: ControlReference, Xc):
+    torch = _torch()
+    gid = torch.zeros(Xc.shape[0], dtype=torch.long, device=Xc.device)
+    return _segment_sum(Xc, None, gid, 1, center=self.mean.float()[None])[0] / (self.n - 1)
 
-    def _fit_pca(self, Xg, name):
-        torch = _torch()
-        if Xg.shape[1] <= self.n_pcs: return None
-        k = min(self.n_pcs, Xg.shape[0] - 1)
-        C = (Xg - self.mean[self.genes[name]].float()).cpu()      # on the CPU: the same axes on every device
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
-            _, _, V = torch.svd_lowrank(C, q=min(k + 10, min(C.shape)), niter=4)
-        return V[:, :k].contiguous().to(self.device)
+@patch
+def _fit_pca(self: ControlReference, Xg, name):
+    "The gene set's principal axes of the control cells `Xg` (None when it has no more genes than PCs): `sccvae.utils.pca_basis`."
+    if Xg.shape[1] <= self.n_pcs: return None
+    return pca_basis(Xg, self.n_pcs, mean=self.mean[self.genes[name]], seed=self.seed)   # on the CPU: the same axes on every device
 
-    def project(self, X, name):
-        "Cells (tensor, all genes) → the distribution-metric space of gene set `name` (float64, centred at the control mean)."
-        g = self.genes[name]
-        C = (X if len(g) == X.shape[1] and self.gene_sets[name] is None else X[:, g]) - self.mean[g].float()
-        V = self.proj[name]
-        return (C if V is None else C @ V).double()
+# %% ../nbs/30_metrics.ipynb #5aa5cf46
+@patch
+def project(self: ControlReference, X, name):
+    "Cells (tensor, all genes) → the distribution-metric space of gene set `name` (float64, centred at the control mean)."
+    g = self.genes[name]
+    C = (X if len(g) == X.shape[1] and self.gene_sets[name] is None else X[:, g]) - self.mean[g].float()
+    V = self.proj[name]
+    return (C if V is None else C @ V).double()
 
-    def __repr__(self):
-        sets = {k: (len(v) if v is not None else len(self.var_names)) for k, v in self.gene_sets.items()}
-        return f"ControlReference({self.n} controls, gene sets {sets}, σ = " + \
-               ", ".join(f"{k}: {v:.3g}" for k, v in self.sigma.items()) + ")"
+@patch
+def __repr__(self: ControlReference):
+    sets = {k: (len(v) if v is not None else len(self.var_names)) for k, v in self.gene_sets.items()}
+    return f"ControlReference({self.n} controls, gene sets {sets}, σ = " + \
+           ", ".join(f"{k}: {v:.3g}" for k, v in self.sigma.items()) + ")"
 
 # %% ../nbs/30_metrics.ipynb #fac08a2a
 def _rng(seed, name, stream=0):
@@ -483,6 +494,8 @@ def _dist_metrics(A, ma, na, B, mb, nb, sigma, chunk=16, squared=False, unbiased
         ed.append(e.masked_fill(bad, float("nan"))); mm.append(k.masked_fill(bad, float("nan")))
     return torch.cat(ed).cpu().numpy(), torch.cat(mm).cpu().numpy()
 
+
+# %% ../nbs/30_metrics.ipynb #82ea1a01
 def effect_strata(edist: pd.Series, labels=("low", "mid", "high")) -> pd.Series:
     "Effect-size stratum per perturbation: equal-count quantile bins (tertiles by default) of `edist` (NaN stays NaN)."
     r = edist.rank(method="first")
@@ -493,6 +506,7 @@ def effect_strata(edist: pd.Series, labels=("low", "mid", "high")) -> pd.Series:
     out[ok] = np.asarray(labels, dtype=object)[idx]
     return out
 
+# %% ../nbs/30_metrics.ipynb #565f6216
 class TruthSet:
     "Held-out cells grouped once, with everything that does not depend on the method."
     def __init__(self, truth, reference: ControlReference, *, perturbation_key: str, perturbations=None,
@@ -535,11 +549,6 @@ class TruthSet:
         torch = _torch()
         return {name: torch.topk(self.t[:, g].abs(), min(self.de_k, len(g)), dim=1).indices for name, g in self.ref.genes.items()}
 
-    def Z(self, name):
-        "Projected, subsampled true cells of gene set `name`: (padded tensor, mask, counts)."
-        if name not in self._Z: self._Z[name] = _project_groups(self.cells, self.rows, self.ref, name)
-        return self._Z[name]
-
     @functools.cached_property
     def edist_control(self) -> pd.Series:
         "E-distance of each perturbation's true cells to the control reference (first gene set's space, normally all genes)."
@@ -552,12 +561,21 @@ class TruthSet:
         ed = _dist_metrics(A, ma, na, B, mb, np.full(len(na), C.shape[0]), ref.sigma[first_set])[0]
         return pd.Series(ed, index=self.perturbations, name="edist_to_control")
 
-    def strata(self, labels=("low", "mid", "high")) -> pd.Series:
-        "Effect-size stratum of each perturbation: tertiles of the true E-distance to control."
-        return effect_strata(self.edist_control, labels)
+# %% ../nbs/30_metrics.ipynb #782bfc67
+@patch
+def Z(self: TruthSet, name):
+    "Projected, subsampled true cells of gene set `name`: (padded tensor, mask, counts)."
+    if name not in self._Z: self._Z[name] = _project_groups(self.cells, self.rows, self.ref, name)
+    return self._Z[name]
 
-    def __repr__(self):
-        return f"TruthSet({len(self.perturbations)} perturbations, {int(self.cells.counts.sum())} cells, top-{self.de_k} DE genes)"
+@patch
+def strata(self: TruthSet, labels=("low", "mid", "high")) -> pd.Series:
+    "Effect-size stratum of each perturbation: tertiles of the true E-distance to control."
+    return effect_strata(self.edist_control, labels)
+
+@patch
+def __repr__(self: TruthSet):
+    return f"TruthSet({len(self.perturbations)} perturbations, {int(self.cells.counts.sum())} cells, top-{self.de_k} DE genes)"
 
 # %% ../nbs/30_metrics.ipynb #36d45d02
 BULK_KEY = "sccvae_bulk"
@@ -577,6 +595,8 @@ def declared_bulk(adata) -> pd.DataFrame | None:
     return pd.DataFrame(np.asarray(b["X"]), index=pd.Index(np.asarray(b["perturbations"]).astype(str)),
                         columns=adata.var_names)
 
+
+# %% ../nbs/30_metrics.ipynb #d0d06a65
 def _align_pred(pred, truth_var):
     if pred.var_names.astype(str).equals(truth_var): return pred
     pos = pred.var_names.astype(str).get_indexer(truth_var)
@@ -593,6 +613,109 @@ def _long(values: dict, perts, gene_set):
                                   "family": METRICS[metric][0]}))
     return rows
 
+# %% ../nbs/30_metrics.ipynb #7d07d6bb
+def _score_parity(want, truth, pc, perts, ti, t_mean, p_mean, bulk, have, seed, block, chunk_blocks) -> list:
+    """The paper's metrics of every gene set (long frames): each prediction resampled to the true cell count (seeded per
+    perturbation), index-aligned blocks for MMD and energy, the declared bulk (if any) as the prediction's mean."""
+    torch, ref = _torch(), truth.ref
+    dev, out = ref.device, []
+    sel_rows, sel_gid, blk_p, blk_t, blk_gid, perm_p, perm_t = [], [], [], [], [], [], []
+    for k, p in enumerate(perts):
+        n_t, n_p = int(truth.cells.counts[ti[k]]), int(pc.counts[k])
+        rng = _rng(seed, p, 0)
+        sel = rng.integers(0, n_p, n_t) if n_p != n_t else np.arange(n_t)
+        prow = pc.offsets[k] + sel
+        trow = truth.cells.offsets[ti[k]] + np.arange(n_t)
+        sel_rows.append(prow); sel_gid.append(np.full(n_t, k))
+        b = _blocks(n_t, block)
+        blk_p.append(prow[b]); blk_t.append(trow[b]); blk_gid.append(np.full(len(b), k))
+        perm_p.append(np.array([rng.permutation(block) for _ in b], dtype=np.int64).reshape(len(b), block))
+        perm_t.append(np.array([rng.permutation(block) for _ in b], dtype=np.int64).reshape(len(b), block))
+    rows_t = torch.as_tensor(np.concatenate(sel_rows), device=dev)
+    gid_t = torch.as_tensor(np.concatenate(sel_gid), device=dev)
+    p_res_mean = _segment_mean(pc.X, rows_t, gid_t, len(perts))
+    if bulk is not None and have:  # a declared bulk is the prediction's mean: nothing to resample
+        h = torch.as_tensor(have, device=dev); p_res_mean[h] = p_mean[h]
+    blk_p, blk_t = np.concatenate(blk_p), np.concatenate(blk_t)
+    blk_gid = torch.as_tensor(np.concatenate(blk_gid), device=dev)
+    perm_p = torch.as_tensor(np.concatenate(perm_p), device=dev); perm_t = torch.as_tensor(np.concatenate(perm_t), device=dev)
+    nb = torch.zeros(len(perts), dtype=torch.float64, device=dev).index_add_(0, blk_gid, torch.ones(len(blk_gid), dtype=torch.float64, device=dev))
+    mmd = {g: torch.zeros(len(perts), dtype=torch.float64, device=dev) for g in ref.genes}
+    eng = {g: torch.zeros(len(perts), dtype=torch.float64, device=dev) for g in ref.genes}
+    need_mmd, need_eng = "mmd_paper" in want, "energy_paper" in want
+    for s in range(0, len(blk_p), chunk_blocks):
+        P = pc.X[torch.as_tensor(blk_p[s:s + chunk_blocks], device=dev)]
+        T = truth.cells.X[torch.as_tensor(blk_t[s:s + chunk_blocks], device=dev)]
+        g_ = blk_gid[s:s + chunk_blocks]
+        for name, gi in ref.genes.items():
+            full = len(gi) == P.shape[2]
+            Pg, Tg = (P, T) if full else (P[:, :, gi], T[:, :, gi])
+            if need_mmd: mmd[name].index_add_(0, g_, paper_block_mmd(Pg, Tg))
+            if need_eng: eng[name].index_add_(0, g_, paper_block_energy(Pg, Tg, perm_p[s:s + chunk_blocks], perm_t[s:s + chunk_blocks]))
+    for name, gi in ref.genes.items():
+        vals = {}
+        pm, tm, c = p_res_mean[:, gi], t_mean[:, gi], ref.mean[gi]
+        if "mse" in want: vals["mse"] = ((pm - tm) ** 2).mean(1).cpu().numpy()
+        if "pearson" in want: vals["pearson"] = pearson_rows(pm, tm).cpu().numpy()
+        if need_mmd: vals["mmd_paper"] = (mmd[name] / nb).cpu().numpy()
+        if need_eng: vals["energy_paper"] = (eng[name] / nb).cpu().numpy()
+        if "frac_same" in want or "frac_changed" in want:
+            full_mean = p_mean[:, gi]
+            same, changed = paper_directions(full_mean, tm, c)
+            flat = ((full_mean - c).abs() <= NO_CHANGE_ATOL).all(1)
+            same, changed = same.masked_fill(flat, float("nan")), changed.masked_fill(flat, float("nan"))
+            if "frac_same" in want: vals["frac_same"] = same.cpu().numpy()
+            if "frac_changed" in want: vals["frac_changed"] = changed.cpu().numpy()
+        out += _long(vals, perts, name)
+    return out
+
+# %% ../nbs/30_metrics.ipynb #7759acfe
+def _score_corrected(want, truth, pc, perts, ti, t_mean, p_mean, p_cell_mean, seed) -> list:
+    "The corrected metrics of every gene set (long frames): changes from control, subsampled cells in the metric space, DE genes."
+    torch, ref = _torch(), truth.ref
+    dev, out = ref.device, []
+    ti_t = torch.as_tensor(ti, device=dev)
+    p_delta = p_mean - ref.mean
+    t_delta_all = truth.delta
+    p_var = pc.variances(p_cell_mean) if ("std_rmse" in want or "de_overlap" in want) else None
+    if "de_overlap" in want:
+        n_p = torch.as_tensor(pc.counts, dtype=torch.float64, device=dev)[:, None]
+        p_t = welch_t(p_mean, p_var, n_p, ref.mean, ref.var, float(ref.n))
+    prow = _subsample_rows(pc, seed, ref.max_cells, stream=2)
+    for name, gi in ref.genes.items():
+        vals = {}
+        pd_, td = p_delta[:, gi], t_delta_all[ti_t][:, gi]
+        flat = (pd_.abs() <= NO_CHANGE_ATOL).all(1)
+        if "mmd2" in want or "edistance" in want:
+            A, ma, na = _project_groups(pc, prow, ref, name)
+            Zt, mt, nt = truth.Z(name)
+            ed, mm = _dist_metrics(A, ma, na, Zt[ti_t], mt[ti_t], nt[ti], ref.sigma[name])
+            if "mmd2" in want: vals["mmd2"] = mm
+            if "edistance" in want: vals["edistance"] = ed
+        if "pearson_delta" in want: vals["pearson_delta"] = pearson_rows(pd_, td).masked_fill(flat, float("nan")).cpu().numpy()
+        de = truth.de[name][ti_t]                              # positions within the gene set
+        k = de.shape[1]
+        if "mse_de" in want:
+            vals["mse_de"] = ((p_mean[:, gi].gather(1, de) - t_mean[:, gi].gather(1, de)) ** 2).mean(1).cpu().numpy()
+        if "de_overlap" in want:
+            pde = torch.topk(p_t[:, gi].abs(), k, dim=1).indices
+            hit = torch.zeros_like(pd_, dtype=torch.bool).scatter_(1, de, True).gather(1, pde)
+            vals["de_overlap"] = (hit.double().mean(1)).masked_fill(flat, float("nan")).cpu().numpy()
+        if "de_direction" in want:
+            sp_ = torch.sign(pd_.gather(1, de)) * ((pd_.gather(1, de)).abs() > NO_CHANGE_ATOL)
+            ok = (sp_ == torch.sign(td.gather(1, de))).double().mean(1)
+            vals["de_direction"] = ok.masked_fill(flat, float("nan")).cpu().numpy()
+        if "pds" in want:
+            gi_np = gi.cpu().numpy(); colpos = {int(c): j for j, c in enumerate(gi_np)}
+            ex = np.array([colpos.get(int(truth.target_col[i]), -1) for i in ti])
+            vals["pds"] = discrimination_score(pd_, t_delta_all[:, gi], pred_index=ti, exclude=ex).cpu().numpy()
+        if "std_rmse" in want:
+            sd_p, sd_t = p_var[:, gi].sqrt(), truth.var[ti_t][:, gi].sqrt()
+            vals["std_rmse"] = ((sd_p - sd_t) ** 2).mean(1).sqrt().cpu().numpy()
+        out += _long(vals, perts, name)
+    return out
+
+# %% ../nbs/30_metrics.ipynb #7d1e7610
 def score(pred, truth: TruthSet, *, metrics="all", perturbation_key: str | None = None, use_bulk: bool = True,
           seed: int = 0, block: int = 32, chunk_blocks: int = 8) -> pd.DataFrame:
     "Tidy per-perturbation table (perturbation, gene_set, metric, value, family, n_true, n_pred) of one predicted AnnData."
@@ -607,7 +730,7 @@ def score(pred, truth: TruthSet, *, metrics="all", perturbation_key: str | None 
     pc = GroupedCells(pred.X, pred.obs[key].to_numpy(), groups=truth.perturbations, device=dev)
     perts = pc.groups
     missing = [p for p in truth.perturbations if p not in set(perts)]
-    if missing: log.warning("the prediction lacks %d of %d true perturbations (e.g. %s); they are not scored",
+    if missing: _log.warning("the prediction lacks %d of %d true perturbations (e.g. %s); they are not scored",
                             len(missing), len(truth.perturbations), missing[:5])
     if not perts: raise ValueError("the prediction has none of the truth's perturbations.")
     ti = np.array([truth.perturbations.index(p) for p in perts])
@@ -622,96 +745,10 @@ def score(pred, truth: TruthSet, *, metrics="all", perturbation_key: str | None 
             b = bulk.loc[[perts[i] for i in have]].to_numpy(np.float64)
             p_mean[torch.as_tensor(have, device=dev)] = torch.as_tensor(b, device=dev)
     out = []
-    # ---- parity: resample predictions to the true count (seeded per perturbation), index-aligned blocks
     if any(m in want for m in PARITY):
-        sel_rows, sel_gid, blk_p, blk_t, blk_gid, perm_p, perm_t = [], [], [], [], [], [], []
-        for k, p in enumerate(perts):
-            n_t, n_p = int(truth.cells.counts[ti[k]]), int(pc.counts[k])
-            rng = _rng(seed, p, 0)
-            sel = rng.integers(0, n_p, n_t) if n_p != n_t else np.arange(n_t)
-            prow = pc.offsets[k] + sel
-            trow = truth.cells.offsets[ti[k]] + np.arange(n_t)
-            sel_rows.append(prow); sel_gid.append(np.full(n_t, k))
-            b = _blocks(n_t, block)
-            blk_p.append(prow[b]); blk_t.append(trow[b]); blk_gid.append(np.full(len(b), k))
-            perm_p.append(np.array([rng.permutation(block) for _ in b], dtype=np.int64).reshape(len(b), block))
-            perm_t.append(np.array([rng.permutation(block) for _ in b], dtype=np.int64).reshape(len(b), block))
-        rows_t = torch.as_tensor(np.concatenate(sel_rows), device=dev)
-        gid_t = torch.as_tensor(np.concatenate(sel_gid), device=dev)
-        p_res_mean = _segment_mean(pc.X, rows_t, gid_t, len(perts))
-        if bulk is not None and have:  # a declared bulk is the prediction's mean: nothing to resample
-            h = torch.as_tensor(have, device=dev); p_res_mean[h] = p_mean[h]
-        blk_p, blk_t = np.concatenate(blk_p), np.concatenate(blk_t)
-        blk_gid = torch.as_tensor(np.concatenate(blk_gid), device=dev)
-        perm_p = torch.as_tensor(np.concatenate(perm_p), device=dev); perm_t = torch.as_tensor(np.concatenate(perm_t), device=dev)
-        nb = torch.zeros(len(perts), dtype=torch.float64, device=dev).index_add_(0, blk_gid, torch.ones(len(blk_gid), dtype=torch.float64, device=dev))
-        mmd = {g: torch.zeros(len(perts), dtype=torch.float64, device=dev) for g in ref.genes}
-        eng = {g: torch.zeros(len(perts), dtype=torch.float64, device=dev) for g in ref.genes}
-        need_mmd, need_eng = "mmd_paper" in want, "energy_paper" in want
-        for s in range(0, len(blk_p), chunk_blocks):
-            P = pc.X[torch.as_tensor(blk_p[s:s + chunk_blocks], device=dev)]
-            T = truth.cells.X[torch.as_tensor(blk_t[s:s + chunk_blocks], device=dev)]
-            g_ = blk_gid[s:s + chunk_blocks]
-            for name, gi in ref.genes.items():
-                full = len(gi) == P.shape[2]
-                Pg, Tg = (P, T) if full else (P[:, :, gi], T[:, :, gi])
-                if need_mmd: mmd[name].index_add_(0, g_, paper_block_mmd(Pg, Tg))
-                if need_eng: eng[name].index_add_(0, g_, paper_block_energy(Pg, Tg, perm_p[s:s + chunk_blocks], perm_t[s:s + chunk_blocks]))
-        for name, gi in ref.genes.items():
-            vals = {}
-            pm, tm, c = p_res_mean[:, gi], t_mean[:, gi], ref.mean[gi]
-            if "mse" in want: vals["mse"] = ((pm - tm) ** 2).mean(1).cpu().numpy()
-            if "pearson" in want: vals["pearson"] = pearson_rows(pm, tm).cpu().numpy()
-            if need_mmd: vals["mmd_paper"] = (mmd[name] / nb).cpu().numpy()
-            if need_eng: vals["energy_paper"] = (eng[name] / nb).cpu().numpy()
-            if "frac_same" in want or "frac_changed" in want:
-                full_mean = p_mean[:, gi]
-                same, changed = paper_directions(full_mean, tm, c)
-                flat = ((full_mean - c).abs() <= NO_CHANGE_ATOL).all(1)
-                same, changed = same.masked_fill(flat, float("nan")), changed.masked_fill(flat, float("nan"))
-                if "frac_same" in want: vals["frac_same"] = same.cpu().numpy()
-                if "frac_changed" in want: vals["frac_changed"] = changed.cpu().numpy()
-            out += _long(vals, perts, name)
-    # ---- corrected
+        out += _score_parity(want, truth, pc, perts, ti, t_mean, p_mean, bulk, have, seed, block, chunk_blocks)
     if any(m in want for m in CORRECTED):
-        p_delta = p_mean - ref.mean
-        t_delta_all = truth.delta
-        p_var = pc.variances(p_cell_mean) if ("std_rmse" in want or "de_overlap" in want) else None
-        if "de_overlap" in want:
-            n_p = torch.as_tensor(pc.counts, dtype=torch.float64, device=dev)[:, None]
-            p_t = welch_t(p_mean, p_var, n_p, ref.mean, ref.var, float(ref.n))
-        prow = _subsample_rows(pc, seed, ref.max_cells, stream=2)
-        for name, gi in ref.genes.items():
-            vals = {}
-            pd_, td = p_delta[:, gi], t_delta_all[ti_t][:, gi]
-            flat = (pd_.abs() <= NO_CHANGE_ATOL).all(1)
-            if "mmd2" in want or "edistance" in want:
-                A, ma, na = _project_groups(pc, prow, ref, name)
-                Zt, mt, nt = truth.Z(name)
-                ed, mm = _dist_metrics(A, ma, na, Zt[ti_t], mt[ti_t], nt[ti], ref.sigma[name])
-                if "mmd2" in want: vals["mmd2"] = mm
-                if "edistance" in want: vals["edistance"] = ed
-            if "pearson_delta" in want: vals["pearson_delta"] = pearson_rows(pd_, td).masked_fill(flat, float("nan")).cpu().numpy()
-            de = truth.de[name][ti_t]                              # positions within the gene set
-            k = de.shape[1]
-            if "mse_de" in want:
-                vals["mse_de"] = ((p_mean[:, gi].gather(1, de) - t_mean[:, gi].gather(1, de)) ** 2).mean(1).cpu().numpy()
-            if "de_overlap" in want:
-                pde = torch.topk(p_t[:, gi].abs(), k, dim=1).indices
-                hit = torch.zeros_like(pd_, dtype=torch.bool).scatter_(1, de, True).gather(1, pde)
-                vals["de_overlap"] = (hit.double().mean(1)).masked_fill(flat, float("nan")).cpu().numpy()
-            if "de_direction" in want:
-                sp_ = torch.sign(pd_.gather(1, de)) * ((pd_.gather(1, de)).abs() > NO_CHANGE_ATOL)
-                ok = (sp_ == torch.sign(td.gather(1, de))).double().mean(1)
-                vals["de_direction"] = ok.masked_fill(flat, float("nan")).cpu().numpy()
-            if "pds" in want:
-                gi_np = gi.cpu().numpy(); colpos = {int(c): j for j, c in enumerate(gi_np)}
-                ex = np.array([colpos.get(int(truth.target_col[i]), -1) for i in ti])
-                vals["pds"] = discrimination_score(pd_, t_delta_all[:, gi], pred_index=ti, exclude=ex).cpu().numpy()
-            if "std_rmse" in want:
-                sd_p, sd_t = p_var[:, gi].sqrt(), truth.var[ti_t][:, gi].sqrt()
-                vals["std_rmse"] = ((sd_p - sd_t) ** 2).mean(1).sqrt().cpu().numpy()
-            out += _long(vals, perts, name)
+        out += _score_corrected(want, truth, pc, perts, ti, t_mean, p_mean, p_cell_mean, seed)
     df = pd.concat(out, ignore_index=True)
     df["n_true"] = df.perturbation.map(dict(zip(truth.perturbations, truth.cells.counts.tolist())))
     df["n_pred"] = df.perturbation.map(dict(zip(perts, pc.counts.tolist())))

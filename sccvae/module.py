@@ -10,6 +10,8 @@ import math
 import torch
 from torch import nn
 import torch.nn.functional as F
+from fastcore.basics import patch
+
 
 # %% auto #0
 __all__ = ['PAPER_BANDWIDTHS', 'LIKELIHOODS', 'SHIFT_MODES_MODULE', 'mlp', 'nb_expected_log', 'scm_solve', 'SCCVAEModule',
@@ -51,41 +53,57 @@ def scm_solve(e: torch.Tensor, A: torch.Tensor | None) -> torch.Tensor:
         I = torch.eye(A.shape[0], dtype=A.dtype, device=A.device)
         return torch.linalg.solve_triangular(I - A.float(), e, upper=True, left=False, unitriangular=True)
 
-# %% ../nbs/10_module.ipynb #30c901ff
-class SCCVAEModule(nn.Module):
-    """SCCVAE network (torch only).
+# %% ../nbs/10_module.ipynb #87f9f0c5
+def _check_module_args(n_layers, likelihood, var_model, shift_mode):
+    if n_layers < 1: raise ValueError(f"n_layers={n_layers} must be >= 1.")
+    if likelihood not in LIKELIHOODS:
+        raise ValueError(f"likelihood={likelihood!r}: use one of {LIKELIHOODS} ('mse' = the paper's decoder).")
+    if var_model not in ("gene", "gene_mean"):
+        raise ValueError(f"var_model={var_model!r}: use 'gene' (one variance per gene) or 'gene_mean' (log-variance "
+                         "linear in the predicted mean, per gene).")
+    if shift_mode not in SHIFT_MODES_MODULE:
+        raise ValueError(f"shift_mode={shift_mode!r}: use one of {SHIFT_MODES_MODULE} ('softmax' = the paper).")
 
-    `likelihood`: 'mse' (the paper: the decoder gives a mean, trained by MSE + MMD), 'gaussian' (log-normalised
-    data scatter around the decoded mean with a learned per-gene variance; `var_model='gene_mean'` lets the
-    log-variance depend linearly on the mean) or 'nb' (raw counts: negative binomial with mean = library size ·
-    softmax(decoder output) and a per-gene inverse dispersion θ; `target_sum` is the normalisation's scale).
-    `n_genes` m, `n_labels` label dimension d, `n_perturbations` number of training perturbations (one learned
-    penetrance each), `mask` (n_latent x n_latent strictly upper-triangular 0/1; None = full graph).
+def _as_mask(mask, n_latent):
+    "The graph mask as an own float32 copy (never alias the caller's tensor), checked; None = the full graph."
+    if mask is None: mask = torch.triu(torch.ones(n_latent, n_latent), 1)
+    mask = torch.as_tensor(mask, dtype=torch.float32).clone()
+    if mask.shape != (n_latent, n_latent):
+        raise ValueError(f"mask has shape {tuple(mask.shape)}, expected ({n_latent}, {n_latent}) = n_latent x n_latent.")
+    if not mask.is_meta and torch.tril(mask).any():
+        raise ValueError("mask must be strictly upper triangular (nodes in topological order); see sccvae.graph.")
+    return mask
+
+
+# %% ../nbs/10_module.ipynb #6f846694
+class SCCVAEModule(nn.Module):
+    """SCCVAE network (torch only): encoder, shift encoder, penetrance, latent linear SCM, decoder.
     Weights are initialised from `seed` without touching torch's global RNG."""
-    def __init__(self, n_genes: int, n_labels: int, n_perturbations: int, mask=None, *, n_latent: int = 512,
-                 n_hidden: int = 1024, n_layers: int = 2, negative_slope: float = 0.2, var_eps: float = 1e-4,
-                 b_init_std: float = 0.1, c_init: float = 1.0, seed: int = 0, likelihood: str = "mse",
-                 var_model: str = "gene", target_sum: float = 1e4, shift_mode: str = "softmax",
-                 on_target: bool = False):
+    def __init__(self,
+                 n_genes: int, # m, genes (columns of the expression matrix)
+                 n_labels: int, # d, the label dimension
+                 n_perturbations: int, # training perturbations (one learned penetrance each)
+                 mask=None, # n_latent x n_latent strictly upper-triangular 0/1 (`sccvae.graph`); None = full graph
+                 *, n_latent: int = 512, # latent nodes n
+                 n_hidden: int = 1024, # width of every hidden layer
+                 n_layers: int = 2, # hidden layers of each MLP
+                 negative_slope: float = 0.2, # of the LeakyReLUs
+                 var_eps: float = 1e-4, # added to the posterior variance
+                 b_init_std: float = 0.1, # sd of the initial edge weights B
+                 c_init: float = 1.0, # initial penetrance
+                 seed: int = 0, # weight initialisation
+                 likelihood: str = "mse", # 'mse' (the paper: a mean, trained by MSE + MMD), 'gaussian' or 'nb'
+                 var_model: str = "gene", # 'gaussian': one variance per gene, or 'gene_mean' (log-variance linear in the mean)
+                 target_sum: float = 1e4, # 'nb': the normalisation's scale (counts per cell)
+                 shift_mode: str = "softmax", # 'softmax' (the paper) or 'shared' (shared shift + label-dependent one)
+                 on_target: bool = False): # learn an on-target effect c·κ on the perturbed gene's own column
         super().__init__()
-        if n_layers < 1: raise ValueError(f"n_layers={n_layers} must be >= 1.")
-        if likelihood not in LIKELIHOODS:
-            raise ValueError(f"likelihood={likelihood!r}: use one of {LIKELIHOODS} ('mse' = the paper's decoder).")
-        if var_model not in ("gene", "gene_mean"):
-            raise ValueError(f"var_model={var_model!r}: use 'gene' (one variance per gene) or 'gene_mean' (log-variance "
-                             "linear in the predicted mean, per gene).")
-        if shift_mode not in SHIFT_MODES_MODULE:
-            raise ValueError(f"shift_mode={shift_mode!r}: use one of {SHIFT_MODES_MODULE} ('softmax' = the paper).")
+        _check_module_args(n_layers, likelihood, var_model, shift_mode)
         self.likelihood, self.var_model, self.target_sum = likelihood, var_model, float(target_sum)
         self.shift_mode, self.on_target = shift_mode, bool(on_target)
         self.n_genes, self.n_labels, self.n_latent = int(n_genes), int(n_labels), int(n_latent)
         self.n_perturbations, self.var_eps = int(n_perturbations), float(var_eps)
-        if mask is None: mask = torch.triu(torch.ones(n_latent, n_latent), 1)
-        mask = torch.as_tensor(mask, dtype=torch.float32).clone()  # own copy: never alias the caller's tensor
-        if mask.shape != (n_latent, n_latent):
-            raise ValueError(f"mask has shape {tuple(mask.shape)}, expected ({n_latent}, {n_latent}) = n_latent x n_latent.")
-        if not mask.is_meta and torch.tril(mask).any():
-            raise ValueError("mask must be strictly upper triangular (nodes in topological order); see sccvae.graph.")
+        mask = _as_mask(mask, n_latent)
         hid = [n_hidden] * n_layers
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -115,151 +133,174 @@ class SCCVAEModule(nn.Module):
         self.register_buffer("n_steps", torch.zeros((), dtype=torch.long))  # optimiser steps trained so far
         self.has_edges = True if mask.is_meta else bool(mask.any())
 
-    def set_mask(self, mask):
-        "Replace the graph mask (same shape)."
-        self.mask.copy_(torch.as_tensor(mask, dtype=self.mask.dtype)); self.has_edges = bool(self.mask.any())
 
-    @torch.no_grad()
-    def standardize_labels_(self, labels, eps: float = 1e-6):
-        """Set the label map to a per-column z-score of `labels` (the TRAINING perturbations' label rows, P x d):
-        the shift encoder then sees `(label - mean) / sd`. Returns self."""
-        labels = torch.as_tensor(labels, dtype=torch.float32, device=self.label_mean.device)
-        if labels.ndim != 2 or labels.shape[1] != self.n_labels or labels.shape[0] < 2:
-            raise ValueError(f"labels must be a P x {self.n_labels} matrix with P >= 2 rows (got {tuple(labels.shape)}).")
-        self.label_mean.copy_(labels.mean(0))
-        self.label_scale.copy_(labels.std(0).clamp_min(eps))
-        return self
+# %% ../nbs/10_module.ipynb #d14ad989
+@patch
+def encode(self: SCCVAEModule, x):
+    "Posterior mean and variance of z given expression x."
+    h = self.encoder(x)
+    return self.z_mean(h), torch.exp(self.z_logvar(h).float()) + self.var_eps
 
-    @torch.no_grad()
-    def init_decoder_bias_(self, mean):
-        "Set the decoder's output bias to `mean` (m values, e.g. the training controls' mean expression). Returns self."
-        mean = torch.as_tensor(mean, dtype=torch.float32).reshape(-1)
-        last = self.decoder[-1]
-        if mean.numel() != last.bias.numel():
-            raise ValueError(f"mean has {mean.numel()} values but the decoder outputs {last.bias.numel()} genes.")
-        last.bias.copy_(mean.to(last.bias.device))
-        return self
+@patch
+def sample_z(self: SCCVAEModule, mu, var, *, generator=None, noise=None):
+    "Reparameterised draw; `noise` (same shape) or a torch `generator` makes it reproducible."
+    if noise is None: noise = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+    return mu + var.sqrt() * noise
 
-    @property
-    def labels_standardized(self) -> bool:
-        "Whether the label map differs from the identity."
-        return bool((self.label_mean != 0).any() or (self.label_scale != 1).any())
+# %% ../nbs/10_module.ipynb #18cd65f2
+@patch
+def shift_specific(self: SCCVAEModule, labels):
+    "The label-dependent part of the shift: MLP(label) (after the label map, identity by default)."
+    return self.shift_encoder((labels - self.label_mean) / self.label_scale).float()
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        for k, fill in (("label_mean", 0.0), ("label_scale", 1.0)):   # checkpoints from before the label map
-            if prefix + k not in state_dict: state_dict[prefix + k] = torch.full((self.n_labels,), fill)
-        if prefix + "n_steps" not in state_dict: state_dict[prefix + "n_steps"] = torch.zeros((), dtype=torch.long)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        self.has_edges = bool(self.mask.any())
+@patch
+def shift(self: SCCVAEModule, labels, specific=None):
+    """S_p for each row of `labels`: softmax(MLP(label)) (the paper) or, with `shift_mode='shared'`,
+    S_shared + MLP(label), the shift all perturbations share plus what the label adds. `specific` replaces
+    MLP(label) (rows), e.g. a kernel average of training perturbations' specific shifts."""
+    h = self.shift_specific(labels) if specific is None else specific
+    if self.shift_mode == "softmax": return torch.softmax(h, dim=-1)
+    return self.shift_shared + h
 
-    # --- pieces -------------------------------------------------------------------------------------------
-    def adjacency(self) -> torch.Tensor | None:
-        "A = B ∘ M, or None for an empty graph (conditional)."
-        return self.B * self.mask if self.has_edges else None
+@patch
+def penetrance_of(self: SCCVAEModule, codes):
+    "c per row from perturbation codes (-1 = control -> 0)."
+    codes = torch.as_tensor(codes, device=self.penetrance.device)
+    return torch.where(codes >= 0, self.penetrance[codes.clamp(min=0)], torch.zeros((), device=codes.device))
 
-    def encode(self, x):
-        "Posterior mean and variance of z given expression x."
-        h = self.encoder(x)
-        return self.z_mean(h), torch.exp(self.z_logvar(h).float()) + self.var_eps
+# %% ../nbs/10_module.ipynb #aa61a07e
+@patch
+@torch.no_grad()
+def standardize_labels_(self: SCCVAEModule, labels, eps: float = 1e-6):
+    """Set the label map to a per-column z-score of `labels` (the TRAINING perturbations' label rows, P x d):
+    the shift encoder then sees `(label - mean) / sd`. Returns self."""
+    labels = torch.as_tensor(labels, dtype=torch.float32, device=self.label_mean.device)
+    if labels.ndim != 2 or labels.shape[1] != self.n_labels or labels.shape[0] < 2:
+        raise ValueError(f"labels must be a P x {self.n_labels} matrix with P >= 2 rows (got {tuple(labels.shape)}).")
+    self.label_mean.copy_(labels.mean(0))
+    self.label_scale.copy_(labels.std(0).clamp_min(eps))
+    return self
 
-    def shift_specific(self, labels):
-        "The label-dependent part of the shift: MLP(label) (after the label map, identity by default)."
-        return self.shift_encoder((labels - self.label_mean) / self.label_scale).float()
+@patch(as_prop=True)
+def labels_standardized(self: SCCVAEModule) -> bool:
+    "Whether the label map differs from the identity."
+    return bool((self.label_mean != 0).any() or (self.label_scale != 1).any())
 
-    def shift(self, labels, specific=None):
-        """S_p for each row of `labels`: softmax(MLP(label)) (the paper) or, with `shift_mode='shared'`,
-        S_shared + MLP(label), the shift all perturbations share plus what the label adds. `specific` replaces
-        MLP(label) (rows), e.g. a kernel average of training perturbations' specific shifts."""
-        h = self.shift_specific(labels) if specific is None else specific
-        if self.shift_mode == "softmax": return torch.softmax(h, dim=-1)
-        return self.shift_shared + h
+@patch
+def _load_from_state_dict(self: SCCVAEModule, state_dict, prefix, *args, **kwargs):
+    for k, fill in (("label_mean", 0.0), ("label_scale", 1.0)):   # checkpoints from before the label map
+        if prefix + k not in state_dict: state_dict[prefix + k] = torch.full((self.n_labels,), fill)
+    if prefix + "n_steps" not in state_dict: state_dict[prefix + "n_steps"] = torch.zeros((), dtype=torch.long)
+    super(SCCVAEModule, self)._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+    self.has_edges = bool(self.mask.any())
 
-    def add_on_target(self, h, c, cols):
-        "Decoder output `h` (rows) with c·κ added at each row's target column `cols` (-1: none); no-op without `on_target`."
-        if not self.on_target or cols is None: return h
-        cols = torch.as_tensor(cols, device=h.device)
-        ok = cols >= 0
-        if not bool(ok.any()): return h
-        rows = torch.arange(h.shape[0], device=h.device)[ok]
-        val = (torch.as_tensor(c, device=h.device).float() * self.kappa).expand(h.shape[0])[ok]
-        return h.index_put((rows, cols[ok]), val.to(h.dtype), accumulate=True)
+# %% ../nbs/10_module.ipynb #239173fc
+@patch
+def adjacency(self: SCCVAEModule) -> torch.Tensor | None:
+    "A = B ∘ M, or None for an empty graph (conditional)."
+    return self.B * self.mask if self.has_edges else None
 
-    def penetrance_of(self, codes):
-        "c per row from perturbation codes (-1 = control -> 0)."
-        codes = torch.as_tensor(codes, device=self.penetrance.device)
-        return torch.where(codes >= 0, self.penetrance[codes.clamp(min=0)], torch.zeros((), device=codes.device))
+@patch
+def set_mask(self: SCCVAEModule, mask):
+    "Replace the graph mask (same shape)."
+    self.mask.copy_(torch.as_tensor(mask, dtype=self.mask.dtype)); self.has_edges = bool(self.mask.any())
 
-    def scm(self, e):
-        "u = e (I - A)^{-1} by triangular solve."
-        return scm_solve(e, self.adjacency())
+@patch
+def scm(self: SCCVAEModule, e):
+    "u = e (I - A)^{-1} by triangular solve."
+    return scm_solve(e, self.adjacency())
 
-    def decode(self, u):
-        "Decoder output: the expression mean (log-normalised; 'mse', 'gaussian') or the logits of ρ ('nb')."
-        return self.decoder(u)
+# %% ../nbs/10_module.ipynb #e6f9ec7e
+@patch
+def decode(self: SCCVAEModule, u):
+    "Decoder output: the expression mean (log-normalised; 'mse', 'gaussian') or the logits of ρ ('nb')."
+    return self.decoder(u)
 
-    def expected(self, h, library=None):
-        """Expected expression on the log-normalised scale from a decoder output `h`: `h` itself ('mse',
-        'gaussian'); for 'nb' E[log1p(target_sum · K / l)] with K ~ NB(l·ρ, θ), ρ = softmax(h), by the hurdle
-        approximation (1 − p₀)·log1p(target_sum · E[K | K > 0] / l), p₀ = P(K = 0): exact when K is 0 or 1 (sparse
-        genes) and the delta method when p₀ ≈ 0. `library` (cells,): each cell's l; None gives log1p(target_sum · ρ)."""
-        if self.likelihood != "nb": return h
-        rho = torch.softmax(h.float(), -1)
-        if library is None: return torch.log1p(self.target_sum * rho)
-        return nb_expected_log(rho, library, self.theta(), self.target_sum)
+@patch
+def add_on_target(self: SCCVAEModule, h, c, cols):
+    "Decoder output `h` (rows) with c·κ added at each row's target column `cols` (-1: none); no-op without `on_target`."
+    if not self.on_target or cols is None: return h
+    cols = torch.as_tensor(cols, device=h.device)
+    ok = cols >= 0
+    if not bool(ok.any()): return h
+    rows = torch.arange(h.shape[0], device=h.device)[ok]
+    val = (torch.as_tensor(c, device=h.device).float() * self.kappa).expand(h.shape[0])[ok]
+    return h.index_put((rows, cols[ok]), val.to(h.dtype), accumulate=True)
 
-    def decode_mean(self, u, library=None):
-        "`expected(decode(u), library)`: what shift selection and pseudo-bulk comparisons use."
-        return self.expected(self.decode(u), library)
+@patch
+def expected(self: SCCVAEModule, h, library=None):
+    """Expected expression on the log-normalised scale from a decoder output `h`: `h` itself ('mse',
+    'gaussian'); for 'nb' E[log1p(target_sum · K / l)] with K ~ NB(l·ρ, θ), ρ = softmax(h), by the hurdle
+    approximation (1 − p₀)·log1p(target_sum · E[K | K > 0] / l), p₀ = P(K = 0): exact when K is 0 or 1 (sparse
+    genes) and the delta method when p₀ ≈ 0. `library` (cells,): each cell's l; None gives log1p(target_sum · ρ)."""
+    if self.likelihood != "nb": return h
+    rho = torch.softmax(h.float(), -1)
+    if library is None: return torch.log1p(self.target_sum * rho)
+    return nb_expected_log(rho, library, self.theta(), self.target_sum)
 
-    def px_var(self, mean):
-        "Per-gene observation variance of the Gaussian model at predicted `mean` (cells x genes)."
-        if self.likelihood != "gaussian": raise ValueError(f"px_var is for likelihood='gaussian', not {self.likelihood!r}.")
-        lv = self.px_logvar
-        if self.var_model == "gene_mean": lv = lv + self.px_logvar_slope * mean.float()
-        return torch.exp(lv.clamp(-12.0, 6.0)).expand(mean.shape)
+@patch
+def decode_mean(self: SCCVAEModule, u, library=None):
+    "`expected(decode(u), library)`: what shift selection and pseudo-bulk comparisons use."
+    return self.expected(self.decode(u), library)
 
-    def theta(self):
-        "Inverse dispersion θ per gene of the negative binomial."
-        return torch.exp(self.px_log_theta.clamp(-8.0, 12.0))
+@patch
+def px_var(self: SCCVAEModule, mean):
+    "Per-gene observation variance of the Gaussian model at predicted `mean` (cells x genes)."
+    if self.likelihood != "gaussian": raise ValueError(f"px_var is for likelihood='gaussian', not {self.likelihood!r}.")
+    lv = self.px_logvar
+    if self.var_model == "gene_mean": lv = lv + self.px_logvar_slope * mean.float()
+    return torch.exp(lv.clamp(-12.0, 6.0)).expand(mean.shape)
 
-    def sample_z(self, mu, var, *, generator=None, noise=None):
-        "Reparameterised draw; `noise` (same shape) or a torch `generator` makes it reproducible."
-        if noise is None: noise = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
-        return mu + var.sqrt() * noise
+@patch
+def theta(self: SCCVAEModule):
+    "Inverse dispersion θ per gene of the negative binomial."
+    return torch.exp(self.px_log_theta.clamp(-8.0, 12.0))
 
-    # --- the forward pass --------------------------------------------------------------------------------
-    def forward(self, x, labels, c, *, index=None, generator=None, noise=None, sample: bool = True,
-                reconstruct: bool = True, target_cols=None) -> dict:
-        """Encode control cells `x` (B x m), shift each by `c * S` and decode.
+@patch
+@torch.no_grad()
+def init_decoder_bias_(self: SCCVAEModule, mean):
+    "Set the decoder's output bias to `mean` (m values, e.g. the training controls' mean expression). Returns self."
+    mean = torch.as_tensor(mean, dtype=torch.float32).reshape(-1)
+    last = self.decoder[-1]
+    if mean.numel() != last.bias.numel():
+        raise ValueError(f"mean has {mean.numel()} values but the decoder outputs {last.bias.numel()} genes.")
+    last.bias.copy_(mean.to(last.bias.device))
+    return self
 
-        `labels`: B x d, or G x d with `index` (B,) mapping rows to label rows (computes S once per perturbation).
-        `c`: (B,) penetrance per row. `reconstruct=False` skips the control branch (prediction only).
-        `target_cols`: per row, the column of its perturbed gene (-1: none), for the on-target term.
-        Returns mu, var, z, shift (B x n), u, y_hat and, with `reconstruct`, u0 and x_hat."""
-        mu, var = self.encode(x)
-        z = self.sample_z(mu.float(), var, generator=generator, noise=noise) if sample else mu.float()
-        S = self.shift(labels)
-        if index is not None: S = S[index]
-        e = z + c.float()[:, None] * S
-        B = x.shape[0]
-        if reconstruct:
-            U = self.scm(torch.cat([e, z]))
-            u, u0 = U[:B], U[B:]
-            out = self.decode(U)
-            res = dict(mu=mu, var=var, z=z, shift=S, u=u, u0=u0, y_hat=self.add_on_target(out[:B], c, target_cols),
-                       x_hat=out[B:])
-        else:
-            u = self.scm(e)
-            res = dict(mu=mu, var=var, z=z, shift=S, u=u, y_hat=self.add_on_target(self.decode(u), c, target_cols))
-        res["likelihood"] = self.likelihood
-        if self.likelihood == "gaussian":
-            res["y_var"] = self.px_var(res["y_hat"])
-            if reconstruct: res["x_var"] = self.px_var(res["x_hat"])
-        elif self.likelihood == "nb":
-            res["theta"], res["target_sum"] = self.theta(), self.target_sum
-        return res
+# %% ../nbs/10_module.ipynb #8cbd4a35
+@patch
+def forward(self: SCCVAEModule, x, labels, c, *, index=None, generator=None, noise=None, sample: bool = True,
+            reconstruct: bool = True, target_cols=None) -> dict:
+    """Encode control cells `x` (B x m), shift each by `c * S` and decode.
 
-# %% ../nbs/10_module.ipynb #595f6675
+    `labels`: B x d, or G x d with `index` (B,) mapping rows to label rows (computes S once per perturbation).
+    `c`: (B,) penetrance per row. `reconstruct=False` skips the control branch (prediction only).
+    `target_cols`: per row, the column of its perturbed gene (-1: none), for the on-target term.
+    Returns mu, var, z, shift (B x n), u, y_hat and, with `reconstruct`, u0 and x_hat."""
+    mu, var = self.encode(x)
+    z = self.sample_z(mu.float(), var, generator=generator, noise=noise) if sample else mu.float()
+    S = self.shift(labels)
+    if index is not None: S = S[index]
+    e = z + c.float()[:, None] * S
+    B = x.shape[0]
+    if reconstruct:
+        U = self.scm(torch.cat([e, z]))
+        u, u0 = U[:B], U[B:]
+        out = self.decode(U)
+        res = dict(mu=mu, var=var, z=z, shift=S, u=u, u0=u0, y_hat=self.add_on_target(out[:B], c, target_cols),
+                   x_hat=out[B:])
+    else:
+        u = self.scm(e)
+        res = dict(mu=mu, var=var, z=z, shift=S, u=u, y_hat=self.add_on_target(self.decode(u), c, target_cols))
+    res["likelihood"] = self.likelihood
+    if self.likelihood == "gaussian":
+        res["y_var"] = self.px_var(res["y_hat"])
+        if reconstruct: res["x_var"] = self.px_var(res["x_hat"])
+    elif self.likelihood == "nb":
+        res["theta"], res["target_sum"] = self.theta(), self.target_sum
+    return res
+
+# %% ../nbs/10_module.ipynb #71aa29fc
 def gaussian_kl(mu, var):
     "KL(N(mu, var) || N(0, I)), averaged over latent dimensions and cells (the original's scaling)."
     return 0.5 * (mu.float().pow(2) + var - var.log() - 1).mean()
@@ -279,6 +320,7 @@ def group_layout(group: torch.Tensor):
     rank = torch.empty_like(group); rank[order] = torch.arange(len(group)) - starts[group[order]]
     return G, L, group * L + rank, counts
 
+# %% ../nbs/10_module.ipynb #6f0a4f6d
 def mmd(pred, obs, bandwidths=PAPER_BANDWIDTHS, group=None, layout=None, reduce: bool = True):
     """Biased MMD² between rows of `pred` and `obs` (same number of rows) with a sum of Gaussian kernels.
 
@@ -311,6 +353,7 @@ def mmd(pred, obs, bandwidths=PAPER_BANDWIDTHS, group=None, layout=None, reduce:
     vals = torch.einsum("gi,gij,gj->g", w, _kernel_from_sqdist(D, bandwidths), w)
     return vals.mean() if reduce else vals
 
+# %% ../nbs/10_module.ipynb #438fde01
 def mmd_broadcast(pred, obs, bandwidths=PAPER_BANDWIDTHS):
     "The original's MMD (a (2B, 2B, m) broadcast tensor); kept only as a reference for tests and benchmarks."
     P = torch.cat([pred, obs])
@@ -319,7 +362,7 @@ def mmd_broadcast(pred, obs, bandwidths=PAPER_BANDWIDTHS):
     n = pred.shape[0]
     return K[:n, :n].mean() + K[n:, n:].mean() - 2 * K[:n, n:].mean()
 
-# %% ../nbs/10_module.ipynb #80425206
+# %% ../nbs/10_module.ipynb #28930846
 def gaussian_nll(x, mean, var):
     "Gaussian negative log-likelihood per entry (without the constant ½ log 2π)."
     return 0.5 * (var.log() + (x.float() - mean.float()).pow(2) / var)
@@ -340,6 +383,7 @@ def group_means(t, group=None, layout=None):
     s = t.new_zeros(G, t.shape[1], dtype=torch.float32).index_add(0, gid, t.float())
     return s / counts.to(t.device).float()[:, None]
 
+# %% ../nbs/10_module.ipynb #681c94d1
 def sccvae_loss(out: dict, x, y, *, beta: float, gamma: float = 10.0, recon_scale: float = 0.25,
                 bandwidths=PAPER_BANDWIDTHS, group=None, layout=None, x_counts=None, y_counts=None,
                 generator=None):

@@ -16,14 +16,16 @@ import matplotlib
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
-from .utils import atomic_path
+from .utils import atomic_path, pca_basis
+from .metrics import METRICS, metric_label as _metric_label, pearson   # metrics is light (numpy; torch lazily)
+# umap-learn stays a lazy import inside `embed_2d` (heavy, optional: PCA is the fallback)
 
-log = logging.getLogger("sccvae")
+_log = logging.getLogger("sccvae")
 
 # %% auto #0
-__all__ = ['log', 'METHOD_COLORS', 'method_colors', 'metric_label', 'save_figure', 'metric_boxplot', 'ablation_boxplot',
-           'embed_2d', 'cells_umap', 'distance_scatter', 'penetrance_figure', 'module_of', 'embedding_umap',
-           'filter_bars', 'training_curves']
+__all__ = ['METHOD_COLORS', 'method_colors', 'metric_label', 'save_figure', 'metric_boxplot', 'ablation_boxplot', 'embed_2d',
+           'cells_umap', 'distance_scatter', 'penetrance_figure', 'module_of', 'embedding_umap', 'filter_bars',
+           'training_curves']
 
 # %% ../nbs/60_plotting.ipynb #a3e8678b
 METHOD_COLORS = {
@@ -48,16 +50,10 @@ def method_colors(methods: Sequence[str]) -> dict[str, str]:
 
 def metric_label(metric: str) -> str:
     "Display label of a metric id (`sccvae.metrics.METRICS`), or the id itself."
-    try:
-        from sccvae.metrics import METRICS, metric_label as _ml
-        return _ml(metric) if metric in METRICS else str(metric)
-    except ImportError: return str(metric)
+    return _metric_label(metric) if metric in METRICS else str(metric)
 
 def _better(metric: str) -> str:
-    try:
-        from sccvae.metrics import METRICS
-        return METRICS[metric][2] if metric in METRICS else ""
-    except ImportError: return ""
+    return METRICS[metric][2] if metric in METRICS else ""
 
 def _new(nrows=1, ncols=1, *, w=4.0, h=3.2, squeeze=False, **kw):
     fig, axes = plt.subplots(nrows, ncols, figsize=(w * ncols, h * nrows), squeeze=squeeze, **kw)
@@ -132,6 +128,7 @@ def metric_boxplot(results, metrics: Sequence[str] = ("mse", "mmd_paper", "frac_
     fig.tight_layout()
     return fig
 
+# %% ../nbs/60_plotting.ipynb #dff32874
 def ablation_boxplot(results, metric: str = "mmd_paper", methods: Sequence[str] | None = None,
                      gene_sets: Sequence[str] | None = None, **kwargs) -> Figure:
     """Fig. 3: one metric (default the paper's MMD) for SCCVAE and its graph ablations. `methods` default: every
@@ -147,36 +144,27 @@ def ablation_boxplot(results, metric: str = "mmd_paper", methods: Sequence[str] 
 def _dense(X) -> np.ndarray:
     return np.asarray(X.toarray() if sp.issparse(X) else X, dtype=np.float32)
 
-def _pca(X, k: int, seed: int = 0, n_iter: int = 3) -> np.ndarray:
-    "Top-k PC scores by a seeded randomized range finder (a full LAPACK SVD is needlessly slow for a picture)."
-    Xc = X - X.mean(0)
-    n, m = Xc.shape
-    l = int(min(k + 10, n, m))
-    Y = Xc @ np.random.default_rng(seed).normal(size=(m, l)).astype(np.float32)
-    for _ in range(n_iter):
-        Q, _ = np.linalg.qr(Y); Y = Xc @ (Xc.T @ Q)
-    Q, _ = np.linalg.qr(Y)
-    Ub, S, _ = np.linalg.svd(Q.T @ Xc, full_matrices=False)
-    P = (Q @ Ub)[:, :k] * S[:k]
-    return P * np.where(P[np.abs(P).argmax(0), range(P.shape[1])] < 0, -1, 1)  # deterministic signs
-
-def embed_2d(X, *, method: str = "umap", n_pcs: int = 50, n_neighbors: int = 15, min_dist: float = 0.5,
-             seed: int = 0) -> np.ndarray:
+def embed_2d(X,
+             *, method: str = "umap", # 'umap' (PCA, then a seeded UMAP) or 'pca' (the first two PC scores)
+             n_pcs: int = 50, # PCs computed first (capped at rows - 1 and columns)
+             n_neighbors: int = 15, # UMAP neighbours (capped at rows - 1)
+             min_dist: float = 0.5, # UMAP min_dist
+             seed: int = 0) -> np.ndarray: # seeds the PCA (`sccvae.utils.pca_basis`) and UMAP
     "2-D coordinates of the rows of `X`: PCA (`method='pca'`), or PCA then UMAP (`'umap'`, seeded)."
     if method not in ("umap", "pca"): raise ValueError(f"method={method!r}: use 'umap' or 'pca'.")
     X = _dense(X)
     n = X.shape[0]
     if n < 3: raise ValueError(f"need at least 3 points to embed, got {n}.")
     k = int(min(n_pcs, n - 1, X.shape[1]))
-    P = _pca(X, k, seed)
+    P = (X - X.mean(0)) @ pca_basis(X, k, seed=seed)   # PC scores, seeded and with fixed signs
     if method == "umap" and n < 30:
-        log.info("only %d points: using PCA instead of UMAP", n); method = "pca"
+        _log.info("only %d points: using PCA instead of UMAP", n); method = "pca"
     if method == "pca":
         return np.column_stack([P[:, 0], P[:, 1] if k > 1 else np.zeros(n)]).astype(np.float32)
     try:
         import umap, warnings
     except ImportError:
-        log.warning("umap-learn is not installed: using PCA (pip install umap-learn)")
+        _log.warning("umap-learn is not installed: using PCA (pip install umap-learn)")
         return embed_2d(X, method="pca", n_pcs=n_pcs, seed=seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "n_jobs overridden by random_state": seeding is what we want
@@ -219,7 +207,7 @@ def cells_umap(control, truth, predictions: Mapping, perturbations: Sequence[str
         blocks = {"control": _ctrl_matrix(control, max_cells, rng), "truth": _rows_for(truth, perturbation_key, p, max_cells, rng)}
         for name, a in predictions.items(): blocks[name] = _rows_for(a, perturbation_key, p, max_cells, rng)
         blocks = {k: v for k, v in blocks.items() if len(v)}
-        if len(blocks.get("truth", [])) == 0: log.warning("no truth cells for %s", p)
+        if len(blocks.get("truth", [])) == 0: _log.warning("no truth cells for %s", p)
         E = embed_2d(np.vstack(list(blocks.values())), method=method, seed=seed)
         s = 0
         for k, v in blocks.items():
@@ -236,11 +224,6 @@ def cells_umap(control, truth, predictions: Mapping, perturbations: Sequence[str
     return fig
 
 # %% ../nbs/60_plotting.ipynb #23e0c98c
-def _pearson(x, y):
-    ok = np.isfinite(x) & np.isfinite(y)
-    if ok.sum() < 3 or np.std(x[ok]) == 0 or np.std(y[ok]) == 0: return float("nan")
-    return float(np.corrcoef(x[ok], y[ok])[0, 1])
-
 def distance_scatter(df: pd.DataFrame, x: str = "expression_distance", y: str = "latent_distance",
                      group: str | None = "split", *, xlabel: str | None = None, ylabel: str | None = None,
                      label: str | None = None, annotate: int = 0, title: str | None = None) -> Figure:
@@ -258,11 +241,11 @@ def distance_scatter(df: pd.DataFrame, x: str = "expression_distance", y: str = 
     for gname in groups:
         m = (df[group].astype(str) == gname).to_numpy() if group else np.ones(len(df), bool)
         col = palette.get(gname) or next(extra)
-        r = _pearson(X[m], Y[m])
+        r = pearson(X[m], Y[m])
         ax.scatter(X[m], Y[m], s=16, color=col, alpha=0.75, edgecolor="k", linewidth=0.3,
                    label=f"{gname} (n={int(m.sum())}, r={r:.2f})" if group else None)
     ok = np.isfinite(X) & np.isfinite(Y)
-    r = _pearson(X, Y)
+    r = pearson(X, Y)
     if ok.sum() >= 2 and np.std(X[ok]) > 0:
         b, a = np.polyfit(X[ok], Y[ok], 1)
         xs = np.linspace(X[ok].min(), X[ok].max(), 50)
@@ -351,7 +334,7 @@ def embedding_umap(embedding: pd.DataFrame, modules: Mapping[str, Sequence[str]]
     order = [m for m in (modules or {}) if (mod == m).any()]
     if len(order) > max_modules:
         keep = mod[mod != "other"].value_counts().index[:max_modules]
-        log.info("%d modules present: showing the %d largest", len(order), max_modules)
+        _log.info("%d modules present: showing the %d largest", len(order), max_modules)
         order = [m for m in order if m in set(keep)]
         mod = mod.where(mod.isin(order), "other")
     E = embed_2d(embedding.to_numpy(np.float32), method=method, seed=seed)

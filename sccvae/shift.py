@@ -6,7 +6,7 @@ Docs: https://sccvae.github.io/sccvae/shift.html.md"""
 
 # %% ../nbs/21_shift.ipynb #8d8bb0aa
 from __future__ import annotations
-import json, logging
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
@@ -15,19 +15,19 @@ import scipy.sparse as sp
 import torch
 
 from . import data as scd
+from .baselines import LinearBaseline
 from .module import scm_solve
 from .utils import write_csv, write_json
 
-log = logging.getLogger("sccvae")
-
 # %% auto #0
-__all__ = ['log', 'SHIFT_MODES', 'MODE_LABELS', 'default_grid', 'ShiftSelection', 'penetrance_errors', 'select_penetrance']
+__all__ = ['SHIFT_MODES', 'MODE_LABELS', 'default_grid', 'ShiftSelection', 'penetrance_errors', 'select_penetrance']
 
 # %% ../nbs/21_shift.ipynb #6d0ac638
-SHIFT_MODES = ("oracle", "holdout", "linear", "prior", "none")
+#: the selection modes, in the order the experiment runner reports them
+SHIFT_MODES = ("holdout", "oracle", "linear", "prior", "none")
 MODE_LABELS = {
-    "oracle": "oracle: c selected on the evaluation cells' own pseudo-bulk (the paper's choice; test data leak)",
     "holdout": "holdout: c selected on a random part of each perturbation's test cells, evaluate on the rest",
+    "oracle": "oracle: c selected on the evaluation cells' own pseudo-bulk (the paper's choice; test data leak)",
     "linear": "linear: c selected against the linear baseline's predicted pseudo-bulk (no test data)",
     "prior": "prior: similarity-weighted learned c_p of the training perturbations with the closest labels (no test data)",
     "none": "none: median of the learned c_p (no selection)",
@@ -38,6 +38,7 @@ def default_grid(start: float = -1.0, stop: float = 3.0, step: float = 0.1) -> n
     n = int(round((stop - start) / step)) + 1
     return np.round(start + step * np.arange(n), 10)
 
+# %% ../nbs/21_shift.ipynb #f8e9807b
 @dataclass
 class ShiftSelection:
     "Selected penetrance per perturbation, with the error curves and how they were obtained."
@@ -121,19 +122,16 @@ def penetrance_errors(module, z, S, targets, grid, *, max_rows: int = 65536, lib
         err[s:s + per] = (mean - targets[s:s + per, None].float()).pow(2).mean(-1)
     return err
 
-# %% ../nbs/21_shift.ipynb #b20742de
+# %% ../nbs/21_shift.ipynb #b1453c6f
 def _mean_rows(adata, idx) -> np.ndarray:
     X = adata.X[np.sort(idx)]
     return np.asarray(X.mean(0)).ravel().astype(np.float32) if sp.issparse(X) else np.asarray(X, np.float32).mean(0)
 
 def _linear_targets(model, perts, baseline):
+    "Pseudo-bulk targets (Q x genes) predicted by the linear baseline (`baseline`, or one fitted on the training cells)."
     if isinstance(baseline, pd.DataFrame): bulk = baseline
     else:
         if baseline is None:
-            try: from sccvae.baselines import LinearBaseline
-            except ImportError as e:
-                raise ImportError("mode='linear' needs sccvae.baselines.LinearBaseline; pass `baseline=` (a fitted "
-                                  "model with `predict_bulk` or a DataFrame of predicted pseudo-bulks).") from e
             # Ahlmann-Eltze's K = 10 label components: 50 overfit when there are ~50 training perturbations
             baseline = LinearBaseline(labels=model.labels.iloc[:, :10].astype(np.float64)).fit(model.adata,
                                                                                               split_key=model.split_key)
@@ -142,18 +140,80 @@ def _linear_targets(model, perts, baseline):
     if missing: raise KeyError(f"the linear baseline has no prediction for {missing[:5]}.")
     return bulk.loc[perts].reindex(columns=model.var_names).to_numpy(np.float32)
 
-def select_penetrance(model, perturbations=None, *, mode: str = "holdout", adata=None, split: str = "test",
-                      grid=None, n_cells: int = 128, seed: int = 0, holdout_frac: float = 0.5, baseline=None,
-                      control_split: str | None = "train", store: bool = True,
-                      decoding: str | None = None, holdout: pd.DataFrame | None = None) -> ShiftSelection:
-    """Select c for each of `perturbations` (default: the perturbations of `split` cells that the model did not
-    train on) by pseudo-bulk MSE on `grid` (default -1..3 step 0.1). `mode`: 'oracle' | 'holdout' | 'linear' |
-    'none' (see the table above). `n_cells` control draws shared by all candidates and perturbations.
-    `store`: keep the result in the model (used by `predict`). `decoding` (default the model's): with
-    'counterfactual' the predicted pseudo-bulk is the real controls' mean plus the decoded change, so c is chosen
-    on that (the decoder's bias on the controls cancels). `holdout` (mode 'holdout'): a table from
-    `sccvae.data.holdout_cells` whose 'select' cells choose c (default: `holdout_cells(adata, split=split,
-    frac=holdout_frac, min_cells=2, seed=seed)`), so a caller that already fixed its halves passes them."""
+def _prior_selection(model, perts, mode, grid, seed) -> ShiftSelection:
+    "Modes without a search: the median learned c ('none'), or the kernel-weighted learned c of similar labels ('prior')."
+    learned = model.learned_penetrance()
+    if mode == "none": val = np.full(len(perts), float(learned.median()))
+    else:
+        with torch.no_grad():
+            W = model.kernel_weights(model.label_rows(perts))
+        val = (W.cpu().numpy().astype(np.float64) @ learned.to_numpy(np.float64))
+    return ShiftSelection(mode, pd.Series(val, index=pd.Index(perts, name="perturbation"), name="penetrance"),
+                          pd.DataFrame(index=pd.Index(perts, name="perturbation")), grid, 0, seed)
+
+# %% ../nbs/21_shift.ipynb #5628edb0
+def _cell_targets(adata, perts, mode, t, in_split, *, split, skey, holdout, holdout_frac, seed):
+    """Pseudo-bulk targets (Q x genes) from the perturbations' own `split` cells — all of them ('oracle') or the
+    'select' part of `holdout` ('holdout') — and the cells used, per perturbation."""
+    tv = t.to_numpy()
+    for p in perts:
+        if not ((tv == p) & in_split).any():
+            raise ValueError(f"perturbation {p!r} has no {split!r} cells in this AnnData; mode={mode!r} needs them "
+                             "(use mode='linear' or 'none' for perturbations without data).")
+    if mode == "holdout":
+        if holdout is None:
+            holdout = scd.holdout_cells(adata, perts, split=split if (skey and skey in adata.obs) else None,
+                                        split_key=skey or "split", frac=holdout_frac, min_cells=2, seed=seed)
+        sel = holdout[holdout.role == "select"]
+        pos = pd.Series(np.arange(adata.n_obs), index=adata.obs_names)
+    T, selection_cells = [], {}
+    for p in perts:
+        if mode == "holdout":
+            names = sel.index[sel.perturbation.astype(str) == p]
+            if len(names) == 0:
+                raise ValueError(f"{p!r} has no 'select' cells in `holdout` (too few {split!r} cells to hold "
+                                 "part out); use mode='oracle', 'linear' or 'prior' for it.")
+            idx = np.sort(pos.reindex(names).dropna().to_numpy(int))
+        else:
+            idx = np.flatnonzero((tv == p) & in_split)
+        selection_cells[p] = list(map(str, adata.obs_names[idx]))
+        T.append(_mean_rows(adata, idx))
+    return np.stack(T), selection_cells
+
+@torch.no_grad()
+def _grid_errors(model, perts, T, grid, n_cells, seed, control_split, decoding) -> np.ndarray:
+    "The error curves (Q x grid) of the model's predictions against targets `T`, on one shared control draw."
+    mod = model.module.eval()
+    z, pick = model.control_latents(n_cells, seed, control_split, return_index=True)
+    data = model.data_view()
+    lib = data.count_rows(pick).sum(1) if mod.likelihood == "nb" else None
+    if (decoding or getattr(model, "decoding", "mean")) == "counterfactual":   # compare changes, not levels
+        base = mod.decode_mean(scm_solve(z, mod.adjacency()), lib).float().mean(0)
+        T = T - data.rows(pick).float().mean(0).cpu().numpy() + base.cpu().numpy()
+    S = model.shift_of(perts)
+    return penetrance_errors(mod, z, S, torch.as_tensor(T, device=model.device), grid, library=lib,
+                             target_cols=scd.target_columns(model.adata, perts)).cpu().numpy().astype(np.float64)
+
+# %% ../nbs/21_shift.ipynb #4e08b3eb
+def select_penetrance(model, # a trained `sccvae.model.SCCVAE` (only its public methods are used)
+                      perturbations=None, # default: the perturbations of `split` cells the model did not train on
+                      *, mode: str = "holdout", # one of `SHIFT_MODES`
+                      adata=None, # the cells of the unseen perturbations (default the model's AnnData)
+                      split: str = "test", # the split whose cells are targets ('oracle', 'holdout')
+                      grid=None, # candidate c values (default -1..3 step 0.1)
+                      n_cells: int = 128, # control draws shared by all candidates and perturbations
+                      seed: int = 0, holdout_frac: float = 0.5, # 'holdout': the part of each perturbation's cells that selects
+                      baseline=None, # 'linear': a fitted baseline with `predict_bulk`, or a DataFrame of pseudo-bulks
+                      control_split: str | None = "train", # the split whose control cells are drawn
+                      store: bool = True, # keep the result in the model (used by `predict`)
+                      decoding: str | None = None, # default the model's; 'counterfactual' compares changes
+                      holdout: pd.DataFrame | None = None, # 'holdout': a table from `sccvae.data.holdout_cells`
+                     ) -> ShiftSelection:
+    """Select c for each of `perturbations` by pseudo-bulk MSE on `grid`. With `decoding='counterfactual'` the
+    predicted pseudo-bulk is the real controls' mean plus the decoded change, so c is chosen on that (the decoder's
+    bias on the controls cancels). `holdout` (mode 'holdout'): its 'select' cells choose c (default:
+    `holdout_cells(adata, split=split, frac=holdout_frac, min_cells=2, seed=seed)`), so a caller that already fixed
+    its halves passes them."""
     if mode not in SHIFT_MODES: raise ValueError(f"mode={mode!r} is not one of {SHIFT_MODES}.")
     adata = model.adata if adata is None else adata
     grid = default_grid() if grid is None else np.round(np.asarray(grid, dtype=np.float64), 10)
@@ -167,57 +227,15 @@ def select_penetrance(model, perturbations=None, *, mode: str = "holdout", adata
     perts = [str(p) for p in perturbations]
     if not perts: raise ValueError(f"no perturbations to select for: none of the {split!r} cells belongs to an unseen perturbation.")
     if mode in ("none", "prior"):
-        learned = model.learned_penetrance()
-        if mode == "none": val = np.full(len(perts), float(learned.median()))
-        else:
-            from sccvae.model import _label_rows
-            with torch.no_grad():
-                W = model.kernel_weights(_label_rows(model, perts))
-            val = (W.cpu().numpy().astype(np.float64) @ learned.to_numpy(np.float64))
-        res = ShiftSelection(mode, pd.Series(val, index=pd.Index(perts, name="perturbation"), name="penetrance"),
-                             pd.DataFrame(index=pd.Index(perts, name="perturbation")), grid, 0, seed)
+        res = _prior_selection(model, perts, mode, grid, seed)
         if store: model.set_penetrance(res)
         return res
-    selection_cells = {}
     if mode in ("oracle", "holdout"):
-        tv = t.to_numpy()
-        for p in perts:
-            if not ((tv == p) & in_split).any():
-                raise ValueError(f"perturbation {p!r} has no {split!r} cells in this AnnData; mode={mode!r} needs them "
-                                 "(use mode='linear' or 'none' for perturbations without data).")
-        if mode == "holdout":
-            if holdout is None:
-                holdout = scd.holdout_cells(adata, perts, split=split if (skey and skey in adata.obs) else None,
-                                            split_key=skey or "split", frac=holdout_frac, min_cells=2, seed=seed)
-            sel = holdout[holdout.role == "select"]
-            pos = pd.Series(np.arange(adata.n_obs), index=adata.obs_names)
-        T = []
-        for p in perts:
-            if mode == "holdout":
-                names = sel.index[sel.perturbation.astype(str) == p]
-                if len(names) == 0:
-                    raise ValueError(f"{p!r} has no 'select' cells in `holdout` (too few {split!r} cells to hold "
-                                     "part out); use mode='oracle', 'linear' or 'prior' for it.")
-                idx = np.sort(pos.reindex(names).dropna().to_numpy(int))
-            else:
-                idx = np.flatnonzero((tv == p) & in_split)
-            selection_cells[p] = list(map(str, adata.obs_names[idx]))
-            T.append(_mean_rows(adata, idx))
-        T = np.stack(T)
+        T, selection_cells = _cell_targets(adata, perts, mode, t, in_split, split=split, skey=skey, holdout=holdout,
+                                           holdout_frac=holdout_frac, seed=seed)
     else:
-        T = _linear_targets(model, perts, baseline)
-    mod = model.module.eval()
-    dev = model.device
-    from sccvae.model import _control_latents, _label_rows
-    with torch.no_grad():
-        z, pick = _control_latents(model, n_cells, seed, control_split, return_index=True)
-        lib = model._data.count_rows(pick).sum(1) if mod.likelihood == "nb" else None
-        if (decoding or getattr(model, "decoding", "mean")) == "counterfactual":   # compare changes, not levels
-            base = mod.decode_mean(scm_solve(z, mod.adjacency()), lib).float().mean(0)
-            T = T - model._data.rows(pick).float().mean(0).cpu().numpy() + base.cpu().numpy()
-        S = model.shift_of(perts)
-        E = penetrance_errors(mod, z, S, torch.as_tensor(T, device=dev), grid, library=lib,
-                              target_cols=scd.target_columns(model.adata, perts)).cpu().numpy().astype(np.float64)
+        T, selection_cells = _linear_targets(model, perts, baseline), {}
+    E = _grid_errors(model, perts, T, grid, n_cells, seed, control_split, decoding)
     errors = pd.DataFrame(E, index=pd.Index(perts, name="perturbation"), columns=list(map(float, grid)))
     chosen = pd.Series(grid[E.argmin(1)], index=errors.index, name="penetrance")
     res = ShiftSelection(mode, chosen, errors, grid, int(n_cells), int(seed), selection_cells)

@@ -12,12 +12,12 @@ import pandas as pd
 import scipy.sparse as sp
 import anndata as ad
 
+from .data import TARGET_SUM  # the normalisation the truth is computed at: the data layer's, defined once there
+
 # %% auto #0
-__all__ = ['TARGET_SUM', 'PRESETS', 'STYLES', 'simulate_screen', 'signal_ratio', 'truth_embedding']
+__all__ = ['PRESETS', 'STYLES', 'simulate_screen', 'signal_ratio', 'truth_embedding']
 
 # %% ../nbs/00_synthetic.ipynb #84409fdb
-TARGET_SUM = 1e4  # the normalisation the truth is computed at (same as sccvae.data.TARGET_SUM)
-
 _DEFAULTS = dict(
     n_genes=300, n_modules=6, n_perturbations=12, cells_per_perturbation=(60, 100), n_control=600,
     n_batches=2,            # gem groups; each scales library sizes by a log-normal factor (sd batch_sd)

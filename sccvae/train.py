@@ -16,12 +16,14 @@ import torch
 from .module import SCCVAEModule, sccvae_loss, group_layout, PAPER_BANDWIDTHS
 from .utils import torch_save, write_csv, write_json, file_lock
 from .loader import PerturbationBatchSampler
+from fastcore.basics import patch
+
 
 # %% auto #0
 __all__ = ['TRAIN_PRESETS', 'TrainConfig', 'make_optimizer', 'batch_groups', 'forward_loss', 'clip_global_', 'training_step',
            'Trainer']
 
-# %% ../nbs/20_train.ipynb #8d31497a
+# %% ../nbs/20_train.ipynb #5da791b5
 @dataclass
 class TrainConfig:
     "Training settings; the defaults are the paper's."
@@ -70,20 +72,7 @@ class TrainConfig:
         if self.lr_schedule == "constant": return 1.0
         return 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
 
-    @classmethod
-    def from_preset(cls, preset: str = "paper", **overrides) -> "TrainConfig":
-        "The settings of a named preset (`TRAIN_PRESETS`: 'paper' or 'fast'), with any field overridden by keyword."
-        if preset not in TRAIN_PRESETS:
-            raise ValueError(f"preset={preset!r} is not known; use one of {list(TRAIN_PRESETS)}.")
-        bad = sorted(set(overrides) - {f.name for f in fields(cls)})
-        if bad: raise TypeError(f"unknown TrainConfig field(s) {bad}.")
-        return cls(**{**TRAIN_PRESETS[preset], **overrides})
-
-    @classmethod
-    def fast(cls, **overrides) -> "TrainConfig":
-        "The 'fast' preset for small screens and CPU budgets (see the notes above `TRAIN_PRESETS`)."
-        return cls.from_preset("fast", **overrides)
-
+# %% ../nbs/20_train.ipynb #1c3b386c
 #: named training presets: changes from the paper's defaults (`TrainConfig()`)
 TRAIN_PRESETS = {
     "paper": {},
@@ -93,7 +82,21 @@ TRAIN_PRESETS = {
 #: what `SCCVAE.train()` uses for the default model: 'fast' with 4 perturbation chunks per step (as benchmarked)
 TRAIN_PRESETS["default"] = dict(TRAIN_PRESETS["fast"], pack=4)
 
-# %% ../nbs/20_train.ipynb #0235a242
+@patch(cls_method=True)
+def from_preset(cls: TrainConfig, preset: str = "paper", **overrides) -> "TrainConfig":
+    "The settings of a named preset (`TRAIN_PRESETS`: 'paper' or 'fast'), with any field overridden by keyword."
+    if preset not in TRAIN_PRESETS:
+        raise ValueError(f"preset={preset!r} is not known; use one of {list(TRAIN_PRESETS)}.")
+    bad = sorted(set(overrides) - {f.name for f in fields(cls)})
+    if bad: raise TypeError(f"unknown TrainConfig field(s) {bad}.")
+    return cls(**{**TRAIN_PRESETS[preset], **overrides})
+
+@patch(cls_method=True)
+def fast(cls: TrainConfig, **overrides) -> "TrainConfig":
+    "The 'fast' preset for small screens and CPU budgets (see the notes above `TRAIN_PRESETS`)."
+    return cls.from_preset("fast", **overrides)
+
+# %% ../nbs/20_train.ipynb #e0ba9839
 def make_optimizer(module, cfg: TrainConfig, device) -> torch.optim.Optimizer:
     "Adam with the paper's settings (fused kernels where available)."
     fused = cfg.fused
@@ -107,6 +110,7 @@ def batch_groups(codes: torch.Tensor):
     uniq, inv = torch.unique(codes, return_inverse=True)
     return uniq, inv, (group_layout(inv) if len(uniq) > 1 else None)
 
+# %% ../nbs/20_train.ipynb #d2b5eb08
 def _autocast(device, precision):
     dev = torch.device(device)
     if precision == "bf16":
@@ -151,31 +155,22 @@ def training_step(module, optimizer, x, y, labels_g, index, c, *, beta, cfg: Tra
     optimizer.step()
     return parts
 
-# %% ../nbs/20_train.ipynb #56006033
+# %% ../nbs/20_train.ipynb #f2f9bd97
 #: loss parts in the history: total, control reconstruction (MSE, or NLL for a noise model), perturbed-cell term
 #: (per-cell MSE for 'mse', per-perturbation mean MSE otherwise), KL, MMD²
 _PARTS = ("loss", "recon", "pert", "kl", "mmd")
 #: `TrainConfig` fields that do not change the trained weights: a checkpoint resumes under other values of these
 _RESUME_FREE = ("progress", "check_every")
 
-def _settings_hash(settings: dict) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-def _settings_diff(old: dict, new: dict) -> list[str]:
-    "'section.key: old -> new' for every setting that differs (sections: config, data; None: not recorded)."
-    out = []
-    for sec in ("config", "data"):
-        a, b = old.get(sec), new.get(sec)
-        if a is None or b is None: continue
-        for k in sorted(set(a) | set(b)):
-            if a.get(k) != b.get(k): out.append(f"{k}: {a.get(k)!r} -> {b.get(k)!r}")
-    return out
-
 class Trainer:
-    """Fit `module` on `data` (a `sccvae.loader.PerturbationData` whose perturbation codes index the module's
-    penetrance). `checkpoint_dir`: where `last.pt`, `best.pt` and `history.csv` go (None: keep in memory)."""
-    def __init__(self, module: SCCVAEModule, data, config: TrainConfig | None = None, *, checkpoint_dir=None,
-                 train_split: str = "train", val_split: str | None = "val"):
+    "Fit `module` on `data`: an epoch loop with exact resume from `checkpoint_dir`."
+    def __init__(self,
+                 module: SCCVAEModule, # the network; its penetrance entries are `data`'s perturbations, in order
+                 data, # a `sccvae.loader.PerturbationData`
+                 config: TrainConfig | None = None, # training settings (None: the paper's, `TrainConfig()`)
+                 *, checkpoint_dir=None, # where `last.pt`, `best.pt` and `history.csv` go (None: keep in memory)
+                 train_split: str = "train", # the split whose cells and controls train
+                 val_split: str | None = "val"): # the split validated each epoch (None: none)
         self.cfg = config or TrainConfig()
         self.data, self.device = data, data.device
         self.module = module.to(self.device)
@@ -214,229 +209,265 @@ class Trainer:
         self.best_state = None
         self.epoch = -1  # last completed epoch
 
-    @torch.no_grad()
-    def _control_moments(self, chunk: int = 4096, fractions: bool = False):
-        """Mean and variance per gene of the training control pool (in chunks: the pool may not fit densely);
-        `fractions`: of count / library size instead of the log-normalised expression."""
-        s1 = s2 = None
-        for s in range(0, len(self.pool), chunk):
-            idx = self.pool[s:s + chunk]
-            if fractions:
-                k = self.data.count_rows(idx).float(); v = k / k.sum(1, keepdim=True).clamp_min(1.0)
-            else: v = self.data.rows(idx).float()
-            a, b = v.sum(0), v.pow(2).sum(0)
-            s1, s2 = (a, b) if s1 is None else (s1 + a, s2 + b)
-        n = len(self.pool)
-        mean = s1 / n
-        return mean, (s2 / n - mean.pow(2)).clamp_min(0)
+# %% ../nbs/20_train.ipynb #c56fc2c6
+@patch
+@torch.no_grad()
+def _control_moments(self: Trainer, chunk: int = 4096, fractions: bool = False):
+    """Mean and variance per gene of the training control pool (in chunks: the pool may not fit densely);
+    `fractions`: of count / library size instead of the log-normalised expression."""
+    s1 = s2 = None
+    for s in range(0, len(self.pool), chunk):
+        idx = self.pool[s:s + chunk]
+        if fractions:
+            k = self.data.count_rows(idx).float(); v = k / k.sum(1, keepdim=True).clamp_min(1.0)
+        else: v = self.data.rows(idx).float()
+        a, b = v.sum(0), v.pow(2).sum(0)
+        s1, s2 = (a, b) if s1 is None else (s1 + a, s2 + b)
+    n = len(self.pool)
+    mean = s1 / n
+    return mean, (s2 / n - mean.pow(2)).clamp_min(0)
 
-    @torch.no_grad()
-    def _on_target_change(self, chunk: int = 4096) -> float:
-        """Average over training perturbations of the change of their own target column against the controls
-        (log-normalised scale; log-ratio of expression fractions for 'nb'): the on-target term's starting value."""
-        cols = self.data.target_cols
-        idx = self.data.indices("train")
-        idx = idx[cols[self.data.codes[idx]] >= 0]
-        if len(idx) == 0: return 0.0
-        P = len(self.data.perturbations)
-        frac = self.counts
-        tot, cnt = torch.zeros(P, dtype=torch.float64), torch.zeros(P, dtype=torch.float64)
-        for s in range(0, len(idx), chunk):
-            i = idx[s:s + chunk]; code = self.data.codes[i]
-            v = self.data.count_rows(i) if frac else self.data.rows(i)
-            if frac: v = v / v.sum(1, keepdim=True).clamp_min(1.0)
-            tot.index_add_(0, code, v.float().cpu().gather(1, cols[code][:, None]).squeeze(1).double())
-            cnt.index_add_(0, code, torch.ones(len(i), dtype=torch.float64))
-        ok = cnt > 0
-        mean_ctrl = self._control_moments(fractions=frac)[0].cpu().double()
-        pert, ctrl = tot[ok] / cnt[ok], mean_ctrl[cols[ok]]
-        if frac: return float(torch.log(pert.clamp_min(1e-8) / ctrl.clamp_min(1e-8)).mean())
-        return float((pert - ctrl).mean())
+@patch
+@torch.no_grad()
+def _on_target_change(self: Trainer, chunk: int = 4096) -> float:
+    """Average over training perturbations of the change of their own target column against the controls
+    (log-normalised scale; log-ratio of expression fractions for 'nb'): the on-target term's starting value."""
+    cols = self.data.target_cols
+    idx = self.data.indices("train")
+    idx = idx[cols[self.data.codes[idx]] >= 0]
+    if len(idx) == 0: return 0.0
+    P = len(self.data.perturbations)
+    frac = self.counts
+    tot, cnt = torch.zeros(P, dtype=torch.float64), torch.zeros(P, dtype=torch.float64)
+    for s in range(0, len(idx), chunk):
+        i = idx[s:s + chunk]; code = self.data.codes[i]
+        v = self.data.count_rows(i) if frac else self.data.rows(i)
+        if frac: v = v / v.sum(1, keepdim=True).clamp_min(1.0)
+        tot.index_add_(0, code, v.float().cpu().gather(1, cols[code][:, None]).squeeze(1).double())
+        cnt.index_add_(0, code, torch.ones(len(i), dtype=torch.float64))
+    ok = cnt > 0
+    mean_ctrl = self._control_moments(fractions=frac)[0].cpu().double()
+    pert, ctrl = tot[ok] / cnt[ok], mean_ctrl[cols[ok]]
+    if frac: return float(torch.log(pert.clamp_min(1e-8) / ctrl.clamp_min(1e-8)).mean())
+    return float((pert - ctrl).mean())
 
-    def _control_mean(self) -> torch.Tensor:
-        "Mean log-normalised expression of the training control pool."
-        return self._control_moments()[0]
+# %% ../nbs/20_train.ipynb #112a5193
+@patch
+def _control_mean(self: Trainer) -> torch.Tensor:
+    "Mean log-normalised expression of the training control pool."
+    return self._control_moments()[0]
 
-    @torch.no_grad()
-    def _init_decoder(self):
-        """Start the decoder at the controls: output bias = their mean (log-normalised), or the log of their mean
-        expression fractions ('nb'); a Gaussian noise model starts at half their per-gene variance."""
-        mod = self.module
-        if getattr(mod, "on_target", False): mod.kappa.fill_(self._on_target_change())
-        if self.counts:
-            frac, _ = self._control_moments(fractions=True)
-            mod.init_decoder_bias_(torch.log(frac.clamp_min(1e-8)))
-            return
-        mean, var = self._control_moments()
-        mod.init_decoder_bias_(mean)
-        if getattr(mod, "likelihood", "mse") == "gaussian":
-            mod.px_logvar.copy_(torch.log((0.5 * var).clamp_min(1e-4)).to(mod.px_logvar.device))
+@patch
+@torch.no_grad()
+def _init_decoder(self: Trainer):
+    """Start the decoder at the controls: output bias = their mean (log-normalised), or the log of their mean
+    expression fractions ('nb'); a Gaussian noise model starts at half their per-gene variance."""
+    mod = self.module
+    if getattr(mod, "on_target", False): mod.kappa.fill_(self._on_target_change())
+    if self.counts:
+        frac, _ = self._control_moments(fractions=True)
+        mod.init_decoder_bias_(torch.log(frac.clamp_min(1e-8)))
+        return
+    mean, var = self._control_moments()
+    mod.init_decoder_bias_(mean)
+    if getattr(mod, "likelihood", "mse") == "gaussian":
+        mod.px_logvar.copy_(torch.log((0.5 * var).clamp_min(1e-4)).to(mod.px_logvar.device))
 
-    # --- batches -----------------------------------------------------------------------------------------
-    def _batch(self, idx, generator):
-        codes = self.data.codes[idx]
-        uniq, inv, layout = batch_groups(codes)
-        labels_g = self.labels0[uniq.to(self.device)]  # code -1 -> the last (zero) row
-        index = inv.to(self.device)
-        c = self.module.penetrance_of(codes.to(self.device))
-        pick = torch.randint(len(self.pool), (len(idx),), generator=generator, device=self.device)
-        extra = {}
-        if getattr(self.module, "on_target", False):
-            extra["target_cols"] = torch.where(codes >= 0, self.data.target_cols[codes.clamp(min=0)], -1).to(self.device)
-        if self.counts:
-            yc, xc = self.data.count_rows(idx), self.data.count_rows(self.pool[pick])
-            y = torch.log1p(yc * (self.data.target_sum / yc.sum(1, keepdim=True).clamp_min(1.0)))
-            x = torch.log1p(xc * (self.data.target_sum / xc.sum(1, keepdim=True).clamp_min(1.0)))
-            return x, y, labels_g, index, c, layout, dict(x_counts=xc, y_counts=yc, **extra)
-        y = self.data.rows(idx)
-        x = self.data.rows(self.pool[pick])
-        return x, y, labels_g, index, c, layout, extra
+# %% ../nbs/20_train.ipynb #e092b742
+@patch
+def _batch(self: Trainer, idx, generator):
+    codes = self.data.codes[idx]
+    uniq, inv, layout = batch_groups(codes)
+    labels_g = self.labels0[uniq.to(self.device)]  # code -1 -> the last (zero) row
+    index = inv.to(self.device)
+    c = self.module.penetrance_of(codes.to(self.device))
+    pick = torch.randint(len(self.pool), (len(idx),), generator=generator, device=self.device)
+    extra = {}
+    if getattr(self.module, "on_target", False):
+        extra["target_cols"] = torch.where(codes >= 0, self.data.target_cols[codes.clamp(min=0)], -1).to(self.device)
+    if self.counts:
+        yc, xc = self.data.count_rows(idx), self.data.count_rows(self.pool[pick])
+        y = torch.log1p(yc * (self.data.target_sum / yc.sum(1, keepdim=True).clamp_min(1.0)))
+        x = torch.log1p(xc * (self.data.target_sum / xc.sum(1, keepdim=True).clamp_min(1.0)))
+        return x, y, labels_g, index, c, layout, dict(x_counts=xc, y_counts=yc, **extra)
+    y = self.data.rows(idx)
+    x = self.data.rows(self.pool[pick])
+    return x, y, labels_g, index, c, layout, extra
 
-    # --- epochs ------------------------------------------------------------------------------------------
-    def _train_epoch(self, epoch):
-        cfg, mod = self.cfg, self.module
-        mod.train(); self.sampler.set_epoch(epoch)
-        beta = cfg.beta(epoch)
-        acc = torch.zeros(len(_PARTS), device=self.device); n = 0
-        steps = len(self.sampler); total = max(cfg.max_epochs * steps, 1)  # the planned run, so resume is exact
-        for i, idx in enumerate(self.sampler):
-            if cfg.lr_schedule != "constant":
-                lr = cfg.lr * cfg.lr_factor((epoch * steps + i) / total)
-                for g in self.optimizer.param_groups: g["lr"] = lr
-            x, y, lg, index, c, layout, cnt = self._batch(idx, self.generator)  # cnt: counts / target columns
-            parts = training_step(mod, self.optimizer, x, y, lg, index, c, beta=beta, cfg=cfg, layout=layout,
-                                  generator=self.generator, **cnt)
-            acc += torch.stack([parts[k] for k in _PARTS]); n += 1
-            if (i + 1) % cfg.check_every == 0: self._check(acc, epoch, i)
-        self._check(acc, epoch, n)
-        mod.n_steps += n
-        return dict(zip(_PARTS, (acc / max(n, 1)).tolist())), beta
+# %% ../nbs/20_train.ipynb #0a1849ff
+@patch
+def _train_epoch(self: Trainer, epoch):
+    cfg, mod = self.cfg, self.module
+    mod.train(); self.sampler.set_epoch(epoch)
+    beta = cfg.beta(epoch)
+    acc = torch.zeros(len(_PARTS), device=self.device); n = 0
+    steps = len(self.sampler); total = max(cfg.max_epochs * steps, 1)  # the planned run, so resume is exact
+    for i, idx in enumerate(self.sampler):
+        if cfg.lr_schedule != "constant":
+            lr = cfg.lr * cfg.lr_factor((epoch * steps + i) / total)
+            for g in self.optimizer.param_groups: g["lr"] = lr
+        x, y, lg, index, c, layout, cnt = self._batch(idx, self.generator)  # cnt: counts / target columns
+        parts = training_step(mod, self.optimizer, x, y, lg, index, c, beta=beta, cfg=cfg, layout=layout,
+                              generator=self.generator, **cnt)
+        acc += torch.stack([parts[k] for k in _PARTS]); n += 1
+        if (i + 1) % cfg.check_every == 0: self._check(acc, epoch, i)
+    self._check(acc, epoch, n)
+    mod.n_steps += n
+    return dict(zip(_PARTS, (acc / max(n, 1)).tolist())), beta
 
-    def _check(self, acc, epoch, step):
-        if not torch.isfinite(acc).all():
-            raise FloatingPointError(f"non-finite loss in epoch {epoch} (by step {step}): resume from the last "
-                                     "checkpoint with a lower learning rate, or check the input for NaN/inf.")
+@patch
+def _check(self: Trainer, acc, epoch, step):
+    if not torch.isfinite(acc).all():
+        raise FloatingPointError(f"non-finite loss in epoch {epoch} (by step {step}): resume from the last "
+                                 "checkpoint with a lower learning rate, or check the input for NaN/inf.")
 
-    @torch.no_grad()
-    def validate(self, epoch: int) -> dict:
-        "Mean loss parts over validation batches (eval mode, no gradients, the same draws every epoch)."
-        if self.val_sampler is None: return {}
-        mod, cfg = self.module, self.cfg
-        was = mod.training; mod.eval()
-        gen = torch.Generator(device=self.device).manual_seed(cfg.seed + 1_000_003)
-        acc = torch.zeros(len(_PARTS), device=self.device); n = 0
-        for idx in self.val_sampler:
-            x, y, lg, index, c, layout, cnt = self._batch(idx, gen)
-            _, parts = forward_loss(mod, x, y, lg, index, c, beta=cfg.beta(epoch), cfg=cfg, layout=layout, generator=gen,
-                                    **cnt)
-            acc += torch.stack([parts[k] for k in _PARTS]); n += 1
-        mod.train(was)
-        out = dict(zip(_PARTS, (acc / max(n, 1)).tolist()))
-        out["score"] = self._score(out)
-        return out
+@patch
+@torch.no_grad()
+def validate(self: Trainer, epoch: int) -> dict:
+    "Mean loss parts over validation batches (eval mode, no gradients, the same draws every epoch)."
+    if self.val_sampler is None: return {}
+    mod, cfg = self.module, self.cfg
+    was = mod.training; mod.eval()
+    gen = torch.Generator(device=self.device).manual_seed(cfg.seed + 1_000_003)
+    acc = torch.zeros(len(_PARTS), device=self.device); n = 0
+    for idx in self.val_sampler:
+        x, y, lg, index, c, layout, cnt = self._batch(idx, gen)
+        _, parts = forward_loss(mod, x, y, lg, index, c, beta=cfg.beta(epoch), cfg=cfg, layout=layout, generator=gen,
+                                **cnt)
+        acc += torch.stack([parts[k] for k in _PARTS]); n += 1
+    mod.train(was)
+    out = dict(zip(_PARTS, (acc / max(n, 1)).tolist()))
+    out["score"] = self._score(out)
+    return out
 
-    def _score(self, parts: dict) -> float:
-        "Model-selection score: val MMD + KL (the paper) for 'mse'; the unweighted sum of all parts for noise models."
-        if getattr(self.module, "likelihood", "mse") == "mse": return parts["mmd"] + parts["kl"]
-        return parts["recon"] + parts["pert"] + parts["kl"] + parts["mmd"]
+@patch
+def _score(self: Trainer, parts: dict) -> float:
+    "Model-selection score: val MMD + KL (the paper) for 'mse'; the unweighted sum of all parts for noise models."
+    if getattr(self.module, "likelihood", "mse") == "mse": return parts["mmd"] + parts["kl"]
+    return parts["recon"] + parts["pert"] + parts["kl"] + parts["mmd"]
 
-    # --- checkpoints -------------------------------------------------------------------------------------
-    def run_settings(self) -> dict:
-        """What a resumed run must share with the run that wrote the checkpoint: the training settings (`config`,
-        without `_RESUME_FREE`) and the data (`data`: genes, perturbations, training and validation cells)."""
-        cfg = {k: v for k, v in asdict(self.cfg).items() if k not in _RESUME_FREE}
-        perts = hashlib.sha256("\n".join(self.data.perturbations).encode()).hexdigest()[:12]
-        data = dict(n_genes=int(self.data.n_genes), n_perturbations=len(self.data.perturbations),
-                    perturbations=perts, n_train_cells=self._n_cells["train"], n_val_cells=self._n_cells["val"])
-        return json.loads(json.dumps(dict(config=cfg, data=data), default=str))   # tuples as lists, as stored
+# %% ../nbs/20_train.ipynb #f775a035
+def _settings_hash(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
-    def state(self) -> dict:
-        st = self.run_settings()
-        return dict(module=self.module.state_dict(), optimizer=self.optimizer.state_dict(),
-                    generator=self.generator.get_state(), epoch=self.epoch, history=self.history,
-                    best=self.best, config=asdict(self.cfg), settings=st, settings_hash=_settings_hash(st), version=2)
+def _settings_diff(old: dict, new: dict) -> list[str]:
+    "'section.key: old -> new' for every setting that differs (sections: config, data; None: not recorded)."
+    out = []
+    for sec in ("config", "data"):
+        a, b = old.get(sec), new.get(sec)
+        if a is None or b is None: continue
+        for k in sorted(set(a) | set(b)):
+            if a.get(k) != b.get(k): out.append(f"{k}: {a.get(k)!r} -> {b.get(k)!r}")
+    return out
 
-    def _check_resumable(self, st: dict, path):
-        "Refuse a checkpoint written under other settings: resuming it would silently mix two runs."
-        now = self.run_settings()
-        if st.get("settings_hash") == _settings_hash(now): return
-        old = st.get("settings")
-        if old is None:   # written before the settings were hashed (version 1): compare the config it stored
-            old = dict(config=json.loads(json.dumps({k: v for k, v in st.get("config", {}).items()
-                                                     if k not in _RESUME_FREE}, default=str)))
-        diff = _settings_diff(old, now)
-        if not diff and old.get("data") is not None: diff = ["(settings hash differs)"]
-        if diff:
-            raise ValueError(f"{path} was written by a run with other settings ({'; '.join(diff)}): resuming it "
-                             "would mix two runs. Pass the same settings to continue that run, another checkpoint_dir "
-                             "to keep it and train afresh, or resume=False to start over in this folder (its "
-                             "checkpoints are overwritten).")
+@patch
+def run_settings(self: Trainer) -> dict:
+    """What a resumed run must share with the run that wrote the checkpoint: the training settings (`config`,
+    without `_RESUME_FREE`) and the data (`data`: genes, perturbations, training and validation cells)."""
+    cfg = {k: v for k, v in asdict(self.cfg).items() if k not in _RESUME_FREE}
+    perts = hashlib.sha256("\n".join(self.data.perturbations).encode()).hexdigest()[:12]
+    data = dict(n_genes=int(self.data.n_genes), n_perturbations=len(self.data.perturbations),
+                perturbations=perts, n_train_cells=self._n_cells["train"], n_val_cells=self._n_cells["val"])
+    return json.loads(json.dumps(dict(config=cfg, data=data), default=str))   # tuples as lists, as stored
 
-    def load_state(self, st: dict):
-        self.module.load_state_dict(st["module"]); self.optimizer.load_state_dict(st["optimizer"])
-        self.generator.set_state(st["generator"].cpu() if hasattr(st["generator"], "cpu") else st["generator"])
-        self.epoch, self.history, self.best = int(st["epoch"]), list(st["history"]), dict(st["best"])
+@patch
+def _check_resumable(self: Trainer, st: dict, path):
+    "Refuse a checkpoint written under other settings: resuming it would silently mix two runs."
+    now = self.run_settings()
+    if st.get("settings_hash") == _settings_hash(now): return
+    old = st.get("settings")
+    if old is None:   # written before the settings were hashed (version 1): compare the config it stored
+        old = dict(config=json.loads(json.dumps({k: v for k, v in st.get("config", {}).items()
+                                                 if k not in _RESUME_FREE}, default=str)))
+    diff = _settings_diff(old, now)
+    if not diff and old.get("data") is not None: diff = ["(settings hash differs)"]
+    if diff:
+        raise ValueError(f"{path} was written by a run with other settings ({'; '.join(diff)}): resuming it "
+                         "would mix two runs. Pass the same settings to continue that run, another checkpoint_dir "
+                         "to keep it and train afresh, or resume=False to start over in this folder (its "
+                         "checkpoints are overwritten).")
 
-    def _save(self, improved):
-        if self.ckpt is None:
-            if improved: self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.module.state_dict().items()}
-            return
-        if improved:
-            torch_save(self.ckpt / "best.pt", dict(module=self.module.state_dict(), epoch=self.epoch,
-                                                   metric=self.best["metric"]))
-        torch_save(self.ckpt / "last.pt", self.state())
-        write_csv(self.ckpt / "history.csv", self.history_frame(), index=False)
+# %% ../nbs/20_train.ipynb #9af316c3
+@patch
+def state(self: Trainer) -> dict:
+    "Everything `last.pt` holds to resume: weights, optimiser, generator, epoch, history, best, settings."
+    st = self.run_settings()
+    return dict(module=self.module.state_dict(), optimizer=self.optimizer.state_dict(),
+                generator=self.generator.get_state(), epoch=self.epoch, history=self.history,
+                best=self.best, config=asdict(self.cfg), settings=st, settings_hash=_settings_hash(st), version=2)
 
-    def history_frame(self) -> pd.DataFrame:
-        "Per-epoch history: beta, train_* and val_* loss parts, val_score (MMD + KL), seconds."
-        return pd.DataFrame(self.history)
+@patch
+def load_state(self: Trainer, st: dict):
+    "Restore a `state()` (the module, optimiser, generator, epoch, history and best epoch)."
+    self.module.load_state_dict(st["module"]); self.optimizer.load_state_dict(st["optimizer"])
+    self.generator.set_state(st["generator"].cpu() if hasattr(st["generator"], "cpu") else st["generator"])
+    self.epoch, self.history, self.best = int(st["epoch"]), list(st["history"]), dict(st["best"])
 
-    def load_best(self):
-        "Put the best epoch's weights into the module (no-op when no epoch was better than the last)."
-        if self.ckpt is not None and (self.ckpt / "best.pt").exists():
-            st = torch.load(self.ckpt / "best.pt", map_location=self.device, weights_only=True)
-            self.module.load_state_dict(st["module"])
-        elif self.best_state is not None:
-            self.module.load_state_dict(self.best_state)
+@patch
+def _save(self: Trainer, improved):
+    if self.ckpt is None:
+        if improved: self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.module.state_dict().items()}
+        return
+    if improved:
+        torch_save(self.ckpt / "best.pt", dict(module=self.module.state_dict(), epoch=self.epoch,
+                                               metric=self.best["metric"]))
+    torch_save(self.ckpt / "last.pt", self.state())
+    write_csv(self.ckpt / "history.csv", self.history_frame(), index=False)
 
-    # --- the loop ----------------------------------------------------------------------------------------
-    def fit(self, resume: bool = True, max_epochs: int | None = None) -> pd.DataFrame:
-        """Train until `max_epochs` (default: the config's). With `resume` and an existing `last.pt` in the
-        checkpoint folder, continue from it; a checkpoint written under other settings (`run_settings`) is refused.
-        The checkpoint folder is locked while training (`sccvae.utils.file_lock`): a second run on the same folder
-        waits, then resumes. Returns the history."""
-        if self.ckpt is None: return self._fit(resume, max_epochs)
-        with file_lock(self.ckpt / ".lock"): return self._fit(resume, max_epochs)
+@patch
+def history_frame(self: Trainer) -> pd.DataFrame:
+    "Per-epoch history: beta, train_* and val_* loss parts, val_score (MMD + KL), seconds."
+    return pd.DataFrame(self.history)
 
-    def _fit(self, resume, max_epochs):
-        cfg = self.cfg
-        E = int(max_epochs or cfg.max_epochs)
-        if resume and self.ckpt is not None and (self.ckpt / "last.pt").exists():
-            st = torch.load(self.ckpt / "last.pt", map_location=self.device, weights_only=False)
-            self._check_resumable(st, self.ckpt / "last.pt")
-            self.load_state(st)
-        if self.ckpt is not None:
-            self.ckpt.mkdir(parents=True, exist_ok=True)
-            write_json(self.ckpt / "train_config.json", asdict(cfg))
-        show = cfg.progress and not os.environ.get("IN_TEST")
-        epochs = range(self.epoch + 1, E)
-        bar = None
-        if show:
-            from tqdm.auto import tqdm
-            bar = tqdm(epochs, desc="epochs", initial=self.epoch + 1, total=E)
-            epochs = bar
-        for epoch in epochs:
-            t0 = time.perf_counter()
-            tr, beta = self._train_epoch(epoch)
-            va = self.validate(epoch)
-            self.epoch = epoch
-            metric = va.get("score", self._score(tr))
-            improved = metric < self.best["metric"] if (self.val_sampler is not None and cfg.keep == "best") else True
-            if improved: self.best = dict(metric=float(metric), epoch=epoch)
-            row = dict(epoch=epoch, beta=beta, lr=float(self.optimizer.param_groups[0]["lr"]), **{f"train_{k}": v for k, v in tr.items()},
-                       **{f"val_{k}": v for k, v in va.items()}, seconds=time.perf_counter() - t0)
-            self.history.append(row)
-            self._save(improved)
-            if bar is not None:
-                bar.set_postfix(loss=f"{tr['loss']:.4f}", val=f"{va.get('score', float('nan')):.4f}")
-        return self.history_frame()
+@patch
+def load_best(self: Trainer):
+    "Put the best epoch's weights into the module (no-op when no epoch was better than the last)."
+    if self.ckpt is not None and (self.ckpt / "best.pt").exists():
+        st = torch.load(self.ckpt / "best.pt", map_location=self.device, weights_only=True)
+        self.module.load_state_dict(st["module"])
+    elif self.best_state is not None:
+        self.module.load_state_dict(self.best_state)
+
+# %% ../nbs/20_train.ipynb #2f926e51
+@patch
+def fit(self: Trainer, resume: bool = True, max_epochs: int | None = None) -> pd.DataFrame:
+    """Train until `max_epochs` (default: the config's). With `resume` and an existing `last.pt` in the
+    checkpoint folder, continue from it; a checkpoint written under other settings (`run_settings`) is refused.
+    The checkpoint folder is locked while training (`sccvae.utils.file_lock`): a second run on the same folder
+    waits, then resumes. Returns the history."""
+    if self.ckpt is None: return self._fit(resume, max_epochs)
+    with file_lock(self.ckpt / ".lock"): return self._fit(resume, max_epochs)
+
+@patch
+def _fit(self: Trainer, resume, max_epochs):
+    cfg = self.cfg
+    E = int(max_epochs or cfg.max_epochs)
+    if resume and self.ckpt is not None and (self.ckpt / "last.pt").exists():
+        st = torch.load(self.ckpt / "last.pt", map_location=self.device, weights_only=False)
+        self._check_resumable(st, self.ckpt / "last.pt")
+        self.load_state(st)
+    if self.ckpt is not None:
+        self.ckpt.mkdir(parents=True, exist_ok=True)
+        write_json(self.ckpt / "train_config.json", asdict(cfg))
+    show = cfg.progress and not os.environ.get("IN_TEST")
+    epochs = range(self.epoch + 1, E)
+    bar = None
+    if show:
+        from tqdm.auto import tqdm
+        bar = tqdm(epochs, desc="epochs", initial=self.epoch + 1, total=E)
+        epochs = bar
+    for epoch in epochs:
+        t0 = time.perf_counter()
+        tr, beta = self._train_epoch(epoch)
+        va = self.validate(epoch)
+        self.epoch = epoch
+        metric = va.get("score", self._score(tr))
+        improved = metric < self.best["metric"] if (self.val_sampler is not None and cfg.keep == "best") else True
+        if improved: self.best = dict(metric=float(metric), epoch=epoch)
+        row = dict(epoch=epoch, beta=beta, lr=float(self.optimizer.param_groups[0]["lr"]), **{f"train_{k}": v for k, v in tr.items()},
+                   **{f"val_{k}": v for k, v in va.items()}, seconds=time.perf_counter() - t0)
+        self.history.append(row)
+        self._save(improved)
+        if bar is not None:
+            bar.set_postfix(loss=f"{tr['loss']:.4f}", val=f"{va.get('score', float('nan')):.4f}")
+    return self.history_frame()

@@ -231,7 +231,7 @@ def test_log1p_of_raw_counts_is_refused(sparse):
     a = simulate_screen("tiny", seed=0)
     L = a.X.copy(); L.data = np.log1p(L.data)
     a.X = L if sparse else L.toarray()
-    D.setup_anndata(a, perturbation_key="gene", control_group="non-targeting")
+    D.setup_anndata(a, perturbation_key="gene", control_group="non-targeting", normalize=False)
     with pytest.raises(ValueError, match=r"log1p of raw counts without total-count normalisation.*whole numbers.*"
                                          r"np.expm1\(adata.X\).*normalize_total"):
         D.normalize(a)
@@ -242,13 +242,13 @@ def test_unnormalised_non_integer_log_data_warns_and_normalised_data_do_not():
     a = simulate_screen("tiny", seed=0)
     L = a.X.copy(); L.data = np.log1p(0.37 * L.data)          # library sizes kept, not whole numbers
     a.X = L
-    D.setup_anndata(a, perturbation_key="gene", control_group="non-targeting")
+    D.setup_anndata(a, perturbation_key="gene", control_group="non-targeting", normalize=False)
     with pytest.warns(UserWarning, match=r"totals of expm1\(X\) vary .*-fold.*normalised for library size.*raw counts"):
         D.normalize(a)
     b = simulate_screen("tiny", seed=0)
     D.setup_anndata(b, perturbation_key="gene", control_group="non-targeting"); D.normalize(b)
     c = simulate_screen("tiny", seed=0); c.X = b.X.copy()     # log1p(normalize_total): accepted silently
-    D.setup_anndata(c, perturbation_key="gene", control_group="non-targeting")
+    D.setup_anndata(c, perturbation_key="gene", control_group="non-targeting", normalize=False)
     with warnings.catch_warnings(record=True) as got:
         warnings.simplefilter("always")
         D.normalize(c)
@@ -290,7 +290,7 @@ def to_save(adata):
 
 
 def test_interrupted_save_keeps_the_previous_model(to_save, adata, tmp_path, monkeypatch):
-    import sccvae.model as sm
+    import sccvae.saving as sm
     model, unseen = to_save
     d = tmp_path / "m"
     model.save(d)
@@ -378,7 +378,7 @@ def h5ad_path(tmp_path_factory):
 def test_backed_anndata_is_refused_at_the_entry_points(h5ad_path, entry):
     if entry == "normalize":        # registered in memory, then opened backed (the registry travels in uns)
         a = simulate_screen("tiny", seed=0)
-        D.setup_anndata(a, perturbation_key="gene", control_group="non-targeting")
+        D.setup_anndata(a, perturbation_key="gene", control_group="non-targeting", normalize=False)
         p = h5ad_path.with_name("registered.h5ad"); a.write_h5ad(p)
     b = ad.read_h5ad(p if entry == "normalize" else h5ad_path, backed="r")
     call = {"setup_anndata": lambda: D.setup_anndata(b, perturbation_key="gene", control_group="non-targeting"),

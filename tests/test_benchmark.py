@@ -1,4 +1,5 @@
-"""sccvae.benchmark: metric closed forms, the target-column drop, cell-eval's discrimination score, the refusal of
+"""sccvae.experiment.benchmark (and its menu, sccvae.experiment.benchmark_configs): metric closed forms, the
+target-column drop, cell-eval's discrimination score, the refusal of
 shift modes that see test cells, and the harness end to end on a tiny simulated screen (and through the CLI)."""
 import json
 import numpy as np
@@ -9,8 +10,8 @@ import torch
 from sccvae import data as scd
 from sccvae import metrics as M
 from sccvae.baselines import ControlBaseline, PerturbedMeanBaseline, PerturbedMeanOnTargetBaseline
-from sccvae.benchmark import (BENCHMARK_BASELINES, BENCHMARK_CONFIGS, PCSpace, benchmark, check_config, discrimination,
-                              pearson_delta, resolve_configs, sd_ratio, split_half)
+from sccvae.experiment.benchmark import PCSpace, benchmark, discrimination, pearson_delta, sd_ratio, split_half
+from sccvae.experiment.benchmark_configs import BENCHMARK_BASELINES, BENCHMARK_CONFIGS, check_config, resolve_configs
 from sccvae.synthetic import simulate_screen
 
 torch.set_num_threads(1)
@@ -235,3 +236,12 @@ def test_reproducible_and_parallel_folds_give_the_same_scores(screen):
     assert "benchmark_split" not in screen.obs
     other = benchmark(screen, seed=5, workers=1, **kw)                      # another seed: other folds and cells
     assert not np.allclose(one.per_perturbation.value, other.per_perturbation.value, equal_nan=True)
+
+
+def test_old_import_path_reexports_every_name():
+    "sccvae.benchmark moved to sccvae.experiment; the old module re-exports the very same objects (no logic of its own)."
+    import sccvae.benchmark as old
+    from sccvae.experiment import benchmark as new, benchmark_configs as menu
+    for n in old.__all__:
+        assert getattr(old, n) is getattr(new, n, getattr(menu, n, None)), n
+    assert old.benchmark is benchmark and old.BENCHMARK_CONFIGS is BENCHMARK_CONFIGS

@@ -42,6 +42,27 @@ def test_options_map_to_run_fold():
     assert set(kw) <= params, set(kw) - params
 
 
+def test_every_cli_flag_maps_to_a_run_config_field():
+    "The options of run/fold/prepare are RunConfig's fields (or the execution options of `run`, or --kwargs)."
+    import argparse
+    from dataclasses import fields
+    from sccvae.experiment.config import RunConfig, option_reach
+    names = {f.name for f in fields(RunConfig)}
+    execution = {"folds", "graphs", "gpus", "workers", "no_papermill", "template", "no_report", "dry_run", "kwargs", "verbose", "help"}
+    sub = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for cmd in ("run", "fold", "prepare"):
+        for act in sub.choices[cmd]._actions:
+            dest = act.dest[3:] if act.dest.startswith("no_") and act.dest[3:] in names else act.dest
+            assert dest in names or act.dest in execution, (cmd, act.option_strings)
+            if dest in names: assert option_reach(dest)["cli"] in act.option_strings, (cmd, dest)
+    assert option_reach("n_latent")["cli"] == "--n-latent" and option_reach("baselines")["cli"] == "--no-baselines"
+
+
+def test_kwargs_typo_names_the_close_option(tmp_path, capsys):
+    assert cli.main(["fold", "--out-dir", str(tmp_path), "--kwargs", '{"max_epoch": 1}']) == 1
+    assert "did you mean 'max_epochs'" in capsys.readouterr().err
+
+
 def test_dry_run_lists_papermill_commands(tmp_path, capsys):
     assert cli.main(["run", "--folds", "0-1", "--graphs", "full,causal", "--gpus", "cpu", "--dry-run",
                      "--out-dir", str(tmp_path)]) == 0

@@ -34,7 +34,7 @@ def registered(**kw):
 
 def test_tapseq_k562(tapseq_path):
     a = ad.read_h5ad(tapseq_path)
-    D.setup_anndata(a, perturbation_key="target", control_group="non-targeting")
+    D.setup_anndata(a, perturbation_key="target", control_group="non-targeting", normalize=False)
     reg = D.get_registry(a)
     assert reg["n_excluded"] == 728 + 558          # `multiple` and `unassigned` are not perturbations
     assert "multiple" not in D.perturbation_table(a).index
@@ -56,11 +56,11 @@ def test_tapseq_k562(tapseq_path):
 
 def test_datlinger_guides_and_targets(datlinger_path):
     a = ad.read_h5ad(datlinger_path)
-    D.setup_anndata(a, perturbation_key="target", control_group="control")
+    D.setup_anndata(a, perturbation_key="target", control_group="control", normalize=False)
     t_target = D.perturbation_table(a)
     assert len(t_target) == 21 and t_target.loc["control", "n_cells"] == 200
     b = ad.read_h5ad(datlinger_path)
-    D.setup_anndata(b, perturbation_key="perturbation", control_group="control", collapse_guides=True)
+    D.setup_anndata(b, perturbation_key="perturbation", control_group="control", collapse_guides=True, normalize=False)
     pd.testing.assert_frame_equal(D.perturbation_table(b).sort_index(), t_target.sort_index())
     D.normalize(a)
     # this subset keeps 2,000 genes: most targets are not measured, and that is an explicit error, not a silent zero
@@ -76,7 +76,7 @@ def test_replogle_format_file(tmp_path):
     a.write_h5ad(tmp_path / "k562_like.h5ad")
     b = ad.read_h5ad(tmp_path / "k562_like.h5ad")
     assert b.var_names[0].startswith("ENSG") and "gene_name" in b.var
-    D.setup_anndata(b, perturbation_key="gene", control_group="non-targeting")
+    D.setup_anndata(b, perturbation_key="gene", control_group="non-targeting", normalize=False)
     assert D.get_registry(b)["gene_symbol_key"] == "gene_name"   # detected from Ensembl ids
     D.normalize(b)
     L = D.perturbation_labels(b, n_components=8)
@@ -155,9 +155,11 @@ def test_no_control_cells():
 def test_bad_values(bad, msg):
     a = make_screen()
     a.X = a.X.toarray(); a.X[3, 4] = bad
-    D.setup_anndata(a, perturbation_key="gene", control_group="non-targeting")
+    D.setup_anndata(a, perturbation_key="gene", control_group="non-targeting", normalize=False)
     with pytest.raises(ValueError, match=msg):
         D.normalize(a)
+    with pytest.raises(ValueError, match=msg):        # the default registers and normalises: the same check
+        D.setup_anndata(a, perturbation_key="gene", control_group="non-targeting")
 
 
 def test_duplicated_names():
@@ -247,3 +249,32 @@ def test_sampler_keeps_small_groups():
     b = list(smp)
     assert sorted(torch.cat(b).tolist()) == list(range(len(codes)))
     assert min(len(x) for x in b) >= 5 and max(len(x) for x in b) <= 32
+
+
+def test_setup_normalizes_by_default_like_setup_then_normalize():
+    a, b = make_screen(), make_screen()
+    D.setup_anndata(a, perturbation_key="gene", control_group="non-targeting")
+    D.setup_anndata(b, perturbation_key="gene", control_group="non-targeting", normalize=False)
+    assert "normalized" not in D.get_registry(b) and "counts" not in b.layers     # register only
+    D.normalize(b)
+    assert D.get_registry(a) == D.get_registry(b) and D.get_registry(a)["normalized"] == "counts->log1p"
+    assert np.array_equal(np.asarray(a.X.todense() if hasattr(a.X, "todense") else a.X),
+                          np.asarray(b.X.todense() if hasattr(b.X, "todense") else b.X))
+    X = a.X.copy()
+    D.setup_anndata(a, perturbation_key="gene", control_group="non-targeting")      # again: idempotent
+    assert np.array_equal(np.asarray(a.X.todense() if hasattr(a.X, "todense") else a.X),
+                          np.asarray(X.todense() if hasattr(X, "todense") else X))
+
+
+def test_data_package_layout():
+    import importlib, sccvae.synthetic as S
+    from sccvae.data import registry, filter, labels, splits
+    assert S.TARGET_SUM is D.TARGET_SUM and "TARGET_SUM" not in S.__all__          # one home for the constant
+    mods = (registry, filter, labels, splits)
+    assert sorted(D.__all__) == sorted(set().union(*(m.__all__ for m in mods)))
+    assert all(getattr(D, n) is getattr(m, n) for m in mods for n in m.__all__)
+    for name in ("_check_in_memory", "_lognorm_rows", "_SPLITS"): assert hasattr(D, name)
+    for m in mods:                                                                  # submodules never import the package file
+        imports = [l for l in open(m.__file__).read().splitlines() if l.startswith(("from ", "import "))]
+        assert not [l for l in imports if l.startswith(("from . import", "from .data", "import sccvae.data")) or "synthetic" in l], imports
+

@@ -24,9 +24,33 @@ def test_requires_registration_and_normalisation():
     a = simulate_screen("tiny", seed=1)
     with pytest.raises(ValueError, match="not registered"):
         SCCVAE(a)
-    D.setup_anndata(a, perturbation_key="gene", control_group="non-targeting")
+    D.setup_anndata(a, perturbation_key="gene", control_group="non-targeting", normalize=False)
     with pytest.raises(ValueError, match="normalise"):
         SCCVAE(a)
+
+
+def test_one_registration_entry_point():
+    "SCCVAE.setup_anndata is sccvae.data.setup_anndata: registers and, by default, normalises once in place."
+    import sccvae
+    from sccvae.synthetic import simulate_screen
+    assert SCCVAE.setup_anndata is D.setup_anndata is sccvae.setup_anndata
+    a, b = simulate_screen("tiny", seed=1), simulate_screen("tiny", seed=1)
+    SCCVAE.setup_anndata(a, perturbation_key="gene", control_group="non-targeting")
+    D.setup_anndata(b, perturbation_key="gene", control_group="non-targeting")
+    assert D.get_registry(a)["normalized"] and D.get_registry(b)["normalized"]
+    xa, xb = (x.X.toarray() if hasattr(x.X, "toarray") else x.X for x in (a, b))
+    assert np.array_equal(xa, xb)
+
+
+def test_shift_room_uses_public_methods_only():
+    "No import circle: sccvae.shift, anchor, predict and saving import nothing of sccvae.model."
+    import ast, inspect, sccvae.shift, sccvae.anchor, sccvae.predict, sccvae.saving
+    for mod in (sccvae.shift, sccvae.anchor, sccvae.predict, sccvae.saving):
+        tree = ast.parse(inspect.getsource(mod))
+        names = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+        assert not any(m.endswith("model") for m in names), (mod.__name__, names)
+    import sccvae.model as M
+    assert not {"train", "predict", "save", "load", "log"} & set(M.__all__), M.__all__
 
 
 def test_unseen_not_in_training(trained):

@@ -36,11 +36,31 @@ def test_template_is_committed_without_outputs(nb):
 
 def test_template_parameters_match_the_runner(nb):
     import papermill as pm
-    from sccvae.runner import TEMPLATE_PARAMS, find_template
+    from sccvae.experiment.config import TEMPLATE_PARAMS, PAPERMILL_PARAMS
+    from sccvae.experiment.launch import find_template
     params = pm.inspect_notebook(str(TEMPLATE))
     assert {"data_path", "extra"} | set(TEMPLATE_PARAMS) <= set(params), set(TEMPLATE_PARAMS) - set(params)
+    assert set(params) == set(PAPERMILL_PARAMS.values()) | {"extra"}, set(params) ^ (set(PAPERMILL_PARAMS.values()) | {"extra"})
     assert params["split"]["inferred_type_name"] == "int" and params["max_epochs"]["default"] == "2"
     assert find_template() == TEMPLATE.resolve()
+
+
+def test_template_parameters_cell_is_generated_from_run_config(nb):
+    "The parameters cell is exactly RunConfig's papermill fields with the template preset (regenerate it, never edit)."
+    from sccvae.experiment.config import template_parameters, TEMPLATE_SETTINGS, RunConfig, run_fields, check_keywords
+    assert _params_cell(nb) == template_parameters(), "regenerate the cell: template_parameters() of sccvae.experiment.config"
+    check_keywords(TEMPLATE_SETTINGS)
+    names = [f.name for f in run_fields(RunConfig, papermill=True)]
+    assert "data" in names and "split" in names and "extra" not in names
+
+
+def test_runner_is_a_thin_reexport():
+    "Old import paths keep working for one release; they are the experiment wing's objects."
+    from sccvae import runner
+    from sccvae.experiment import fold, config, launch
+    assert runner.run_fold is fold.run_fold and runner.TEMPLATE_PARAMS is config.TEMPLATE_PARAMS
+    assert runner.find_template is launch.find_template and runner.GRAPHS == config.GRAPH_ORDER
+    for name in runner.__all__: assert hasattr(runner, name), name
 
 
 def test_papermill_runs_one_fold(tmp_path):

@@ -107,6 +107,16 @@ def test_bad_input_messages(run, tmp_path):
         runner.report(tmp_path / "real")
 
 
+def test_unknown_keywords_and_the_generated_signature():
+    import inspect
+    from sccvae.experiment import RunConfig
+    with pytest.raises(TypeError, match="did you mean 'n_latent'"):
+        runner.run_fold(name="t", n_latnt=8)
+    params = inspect.signature(runner.run_fold).parameters
+    assert list(params) == [f.name for f in __import__("dataclasses").fields(RunConfig)]
+    assert params["n_latent"].default == 512 and params["shift_mode"].default == "holdout"
+
+
 def test_helpers():
     assert runner.parse_folds("0-2,4") == [0, 1, 2, 4]
     with pytest.raises(ValueError): runner.parse_folds("")
