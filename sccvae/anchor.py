@@ -198,7 +198,7 @@ def predict(self: MeanAnchor, labels, target_cols) -> np.ndarray:
     return out
 
 # %% ../nbs/41_anchor.ipynb #d6ac89c8
-def blend_weight(anchor_oof, model_oof, truth, grid=np.round(np.linspace(0, 1, 11), 2),
+def blend_weight(anchor_oof, model_oof, truth, grid=(0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
                  rule: str = "one_se") -> tuple[float, pd.DataFrame]:
     """The weight w of the model in (1 − w)·anchor + w·model, from out-of-fold predictions of the training
     perturbations (rows) and their true changes. Returns (w, curve): the curve has, for every w of `grid`, the held-out

@@ -1,4 +1,4 @@
-"""Control, perturbed-mean (with or without the average on-target change), linear (Ahlmann-Eltze et al.) and k-nearest-perturbation baselines that predict cells in the model's format, so every metric scores them exactly like SCCVAE.
+"""Control, perturbed-mean (with or without the average on-target change), linear (Ahlmann-Eltze et al.), k-nearest-perturbation, anchor and additive (combinations) baselines that predict cells in the model's format, so every metric scores them exactly like SCCVAE.
 
 Docs: https://sccvae.github.io/sccvae/baselines.html.md"""
 
@@ -22,7 +22,7 @@ _log = logging.getLogger("sccvae")
 
 # %% auto #0
 __all__ = ['Baseline', 'ControlBaseline', 'PerturbedMeanBaseline', 'PerturbedMeanOnTargetBaseline', 'labels_for',
-           'LinearBaseline', 'NearestPerturbationBaseline', 'AnchorBaseline']
+           'LinearBaseline', 'NearestPerturbationBaseline', 'AnchorBaseline', 'AdditiveBaseline']
 
 # %% ../nbs/31_baselines.ipynb #417b1779
 def _pseudobulk(X, codes: np.ndarray, n: int) -> np.ndarray:
@@ -279,3 +279,56 @@ class AnchorBaseline(Baseline):
 
     def _delta(self, perturbations):
         return self.anchor_.predict(_lookup(self.labels_, perturbations), [self.target_cols_.get(p, -1) for p in perturbations])
+
+# %% ../nbs/31_baselines.ipynb #211f6983
+class AdditiveBaseline(Baseline):
+    """Predicts a combination `A+B` as control + Δ_A + Δ_B, the sum of its singles' training changes (a single: its own Δ);
+    singles without training cells get the `fallback`'s Δ."""
+    name = "additive"
+    def __init__(self, fallback: str | Baseline = "anchor", # Δ of an unseen single: 'anchor', 'mean', 'control' or an unfitted Baseline
+                ):
+        if not (isinstance(fallback, Baseline) or fallback in ("anchor", "mean", "control")):
+            raise ValueError(f"fallback={fallback!r}: use 'anchor', 'mean', 'control' or an (unfitted) Baseline instance.")
+        self.fallback = fallback
+
+    def fit(self, adata: ad.AnnData, *, split_key: str | None = "split"):
+        "Learn the training singles' changes (and fit the fallback on the same training cells)."
+        self._split_key = split_key
+        return Baseline.fit(self, adata, split_key=split_key)
+
+    def _fit(self, adata):
+        singles = [(i, p) for i, p in enumerate(self.train_perturbations_) if len(scd.combination_parts(p)) == 1]
+        if not singles: raise ValueError("no training single perturbations: the additive baseline sums singles' changes.")
+        self.single_delta_ = {p: self.train_bulk_[i] - self.control_mean_ for i, p in singles}
+        self.genes_ = set(pd.Index(scd.gene_symbols(adata)).astype(str))
+        self.mean_delta_ = np.mean(list(self.single_delta_.values()), axis=0)
+        self.fallback_ = self._fit_fallback(adata)
+
+# %% ../nbs/31_baselines.ipynb #8db18aef
+@patch
+def _fit_fallback(self: AdditiveBaseline, adata):
+    "The fitted fallback Baseline, or 'mean' / 'control'."
+    fb = self.fallback
+    if isinstance(fb, Baseline): return fb.fit(adata, split_key=self._split_key)
+    if fb != "anchor": return fb
+    try: return AnchorBaseline().fit(adata, split_key=self._split_key)
+    except ValueError as e:
+        _log.warning("AdditiveBaseline: the anchor fallback cannot be fitted (%s); unseen singles get the perturbed mean", e)
+        return "mean"
+
+@patch
+def _fallback_delta(self: AdditiveBaseline, singles):
+    "The fallback's Δ of unseen singles (len(singles) x genes)."
+    fb, shape = self.fallback_, (len(singles), len(self.var_))
+    if not singles or fb == "control": return np.zeros(shape)
+    if fb == "mean": return np.tile(self.mean_delta_, (len(singles), 1))
+    return np.asarray(fb._delta(list(singles)), dtype=np.float64).reshape(shape)
+
+@patch
+def _delta(self: AdditiveBaseline, perturbations):
+    parts = [scd.combination_parts(p) for p in perturbations]
+    bad = [p for p, ps in zip(perturbations, parts) if not all(g in self.single_delta_ or g in self.genes_ for g in ps)]
+    if bad: raise ValueError(f"{bad[:5]} are not singles or combinations 'A+B' of measured genes (or training perturbations).")
+    unseen = sorted({g for ps in parts for g in ps if g not in self.single_delta_})
+    delta = {**dict(zip(unseen, self._fallback_delta(unseen))), **self.single_delta_}
+    return np.array([np.sum([delta[g] for g in ps], axis=0) for ps in parts]).reshape(len(parts), len(self.var_))

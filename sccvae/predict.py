@@ -15,6 +15,7 @@ from fastcore.basics import patch
 
 from . import data as scd
 from .module import scm_solve
+from .anchor import _train_pseudobulk
 
 # %% auto #0
 __all__ = ['PREDICTION_KEY', 'DECODINGS', 'PredictMixin']
@@ -116,15 +117,22 @@ def _check_predict(self: PredictMixin, perturbations, n_cells, labels, decoding)
 
 # %% ../nbs/42_predict.ipynb #2f88633f
 @patch
-def _anchor_recentre(self: PredictMixin, perts, labels, n_cells):
+def _anchor_recentre(self: PredictMixin, perts, labels, n_cells, D_combo=None):
     """Which of `perts` are anchored (unseen, with a fitted anchor), and the function that recentres a block of
-    predicted cells starting at perturbation s on mean change (1 − w)·anchor + w·SCCVAE (identity if none is)."""
+    predicted cells starting at perturbation s on mean change (1 − w)·anchor + w·SCCVAE (identity if none is).
+    Combinations are recentred on their rows of `D_combo` (`_combination_targets`)."""
     seen = set(self.train_perturbations)
-    anchored = np.array([self.anchor is not None and p not in seen and p != scd.CONTROL for p in perts])
-    if not anchored.any(): return anchored, lambda Y, s_: Y
+    combo = np.array([len(scd.combination_parts(p)) > 1 for p in perts])
+    anchored = np.array([self.anchor is not None and p not in seen and p != scd.CONTROL for p in perts]) & ~combo
+    if D_combo is not None: combo &= ~np.isnan(D_combo[:, 0])
+    else: combo[:] = False
+    if not (anchored.any() or combo.any()): return anchored | combo, lambda Y, s_: Y
     D = np.full((len(perts), self.adata.n_vars), np.nan)
     mine = [p for p, a in zip(perts, anchored) if a]
-    D[anchored] = self.anchor.predict(self.label_rows(mine, labels).cpu().numpy(), scd.target_columns(self.adata, mine))
+    if mine:
+        D[anchored] = self.anchor.predict(self.label_rows(mine, labels).cpu().numpy(), scd.target_columns(self.adata, mine))
+    if combo.any(): D[combo] = D_combo[combo]
+    anchored = anchored | combo
     ctrl, w = self.anchor.control_mean_, float(self.anchor_weight)
     return anchored, lambda Y, s_: _recentre(Y, n_cells, D[s_:s_ + Y.shape[0] // n_cells], ctrl, w)
 
@@ -159,7 +167,8 @@ def _prediction_adata(self: PredictMixin, out, counts, perts, n_cells, pen, anch
 # %% ../nbs/42_predict.ipynb #60b2c9fb
 @patch
 @torch.no_grad()
-def _make_cells(self: PredictMixin, mod, u0, v, c, pick, perts, n_cells, *, seed, labels, batch_size, decoding, clip):
+def _make_cells(self: PredictMixin, mod, u0, v, c, pick, perts, n_cells, *, seed, labels, batch_size, decoding, clip,
+                cols=None, D_combo=None):
     """The predicted cells of `predict` (perturbations x `n_cells` rows), decoded batch by batch from the control
     latents' SCM solution `u0` plus each perturbation's `v`; their counts (nb, sampled or counterfactual; else None),
     which perturbations are anchored, and how many values were below 0."""
@@ -176,12 +185,14 @@ def _make_cells(self: PredictMixin, mod, u0, v, c, pick, perts, n_cells, *, seed
     out = np.empty((len(perts) * n_cells, self.adata.n_vars), np.float32)
     counts = np.empty_like(out) if lik == "nb" and decoding != "mean" else None
     per, n_neg = max(1, batch_size // n_cells), 0
-    cols = torch.as_tensor(scd.target_columns(self.adata, perts), device=self.device)
-    anchored, recentre = self._anchor_recentre(perts, labels, n_cells)
+    if c.dim() == 1: c = c[:, None]             # P x K: c_k and the target column of each gene of a combination
+    if cols is None: cols = torch.as_tensor(scd.target_columns(self.adata, perts), device=self.device)[:, None]
+    anchored, recentre = self._anchor_recentre(perts, labels, n_cells, D_combo)
     for s in range(0, len(perts), per):
         u = (u0[None] + v[s:s + per, None]).reshape(-1, u0.shape[1])
-        h = mod.add_on_target(mod.decode(u).float(), c[s:s + per].repeat_interleave(n_cells),
-                              cols[s:s + per].repeat_interleave(n_cells))
+        h = mod.decode(u).float()
+        for k in range(c.shape[1]):
+            h = mod.add_on_target(h, c[s:s + per, k].repeat_interleave(n_cells), cols[s:s + per, k].repeat_interleave(n_cells))
         q = h.shape[0] // n_cells
         rows = slice(s * n_cells, s * n_cells + h.shape[0])
         if decoding == "mean":
@@ -211,13 +222,80 @@ def _make_cells(self: PredictMixin, mod, u0, v, c, pick, perts, n_cells, *, seed
         if clip: np.maximum(out, 0.0, out=out)
     return out, counts, anchored, n_neg
 
+# %% ../nbs/42_predict.ipynb #39b6a29f
+@patch
+def _combination_shifts(self: PredictMixin, perts, penetrance, labels):
+    """Penetrance table, shift Σ_k c_k S_k (P × n) and the P × K matrices of c_k and target columns of `perts`
+    (K: most genes of a combination; padding c = 0, column −1). Singles only: exactly the single-perturbation path."""
+    parts = [scd.combination_parts(p) for p in perts]
+    if max(map(len, parts)) == 1:
+        pen = self.resolve_penetrance(perts, penetrance)
+        c = torch.as_tensor(pen.penetrance.to_numpy(np.float32), device=self.device)
+        cols = torch.as_tensor(scd.target_columns(self.adata, perts), device=self.device)
+        return pen, c[:, None] * self.shift_of(perts, labels), c[:, None], cols[:, None]
+    genes = list(dict.fromkeys(g for ps in parts for g in ps))
+    pen1 = self.resolve_penetrance(genes, penetrance)
+    c1 = torch.as_tensor(pen1.penetrance.to_numpy(np.float32), device=self.device)
+    S1, col1 = self.shift_of(genes, labels), scd.target_columns(self.adata, genes)
+    at = {g: i for i, g in enumerate(genes)}
+    K = max(map(len, parts))
+    M = torch.zeros(len(perts), len(genes), device=self.device)
+    C = torch.zeros(len(perts), K, device=self.device)
+    cols = torch.full((len(perts), K), -1, dtype=torch.long, device=self.device)
+    rows = []
+    for i, (p, ps) in enumerate(zip(perts, parts)):
+        for k, g in enumerate(ps):
+            M[i, at[g]] += c1[at[g]]; C[i, k] = c1[at[g]]; cols[i, k] = int(col1[at[g]])
+        src = pen1.source.loc[ps]
+        rows.append((p, float(pen1.penetrance.loc[ps].mean()),
+                     src.iloc[0] if len(ps) == 1 else "combination: " + ",".join(src)))
+    pen = pd.DataFrame(rows, columns=["perturbation", "penetrance", "source"]).set_index("perturbation")
+    return pen, M @ S1, C, cols
+
+# %% ../nbs/42_predict.ipynb #f9520ced
+@patch
+@torch.no_grad()
+def _decoded_changes(self: PredictMixin, mod, u0, v, C, cols, lib=None) -> np.ndarray:
+    "The model's own mean change from the control cells (expected scale) for each row of `v` (float64, P × genes)."
+    h0 = mod.expected(mod.decode(u0).float(), lib).mean(0)
+    out = []
+    for i in range(v.shape[0]):
+        h = mod.decode(u0 + v[i]).float()
+        for k in range(C.shape[1]):
+            h = mod.add_on_target(h, C[i, k].expand(h.shape[0]), cols[i, k].expand(h.shape[0]))
+        out.append((mod.expected(h, lib).mean(0) - h0).double().cpu().numpy())
+    return np.stack(out)
+
+@patch
+def _combination_targets(self: PredictMixin, perts, labels, mod, u0, v, C, cols, lib=None) -> np.ndarray:
+    """The mean change each combination of `perts` is recentred on (NaN rows for singles): Σ_k Δ̂_k (a seen gene's
+    observed training change, the anchor's prediction for an unseen one) + the model's interaction m_combo − Σ_k m_k."""
+    D = np.full((len(perts), self.adata.n_vars), np.nan)
+    combo = [i for i, p in enumerate(perts) if len(scd.combination_parts(p)) > 1]
+    if not combo or self.anchor is None: return D
+    genes = list(dict.fromkeys(g for i in combo for g in scd.combination_parts(perts[i])))
+    seen = {p: j for j, p in enumerate(self.train_perturbations)}
+    new = [g for g in genes if g not in seen]
+    bulk = _train_pseudobulk(self).double().cpu().numpy() if len(new) < len(genes) else None
+    pred_new = (self.anchor.predict(self.label_rows(new, labels).cpu().numpy(), scd.target_columns(self.adata, new))
+                if new else None)
+    best = np.stack([bulk[seen[g]] - self.anchor.control_mean_ if g in seen else pred_new[new.index(g)] for g in genes])
+    _, s1, C1, cols1 = self._combination_shifts(genes, None, labels)
+    m_single = self._decoded_changes(mod, u0, scm_solve(s1, mod.adjacency()), C1, cols1, lib)
+    m_combo = self._decoded_changes(mod, u0, v[combo], C[combo], cols[combo], lib)
+    at = {g: a for a, g in enumerate(genes)}
+    for r, i in enumerate(combo):
+        ks = [at[g] for g in scd.combination_parts(perts[i])]
+        D[i] = best[ks].sum(0) + m_combo[r] - m_single[ks].sum(0)
+    return D
+
 # %% ../nbs/42_predict.ipynb #7fb12d40
 @patch
 @torch.no_grad()
 def predict(self: PredictMixin,
-            perturbations, # perturbation names (gene symbols or `var_names` ids; 'control' for unperturbed cells)
+            perturbations, # perturbation names (gene symbols or `var_names` ids; 'control'; a combination 'A+B')
             n_cells: int = 100, # predicted cells per perturbation
-            penetrance=None, # None (stored or learned c), one float for all, or a dict {perturbation: c}
+            penetrance=None, # None (stored or learned c), one float for all, or a dict {gene: c} (a combination uses its genes' c)
             *, seed: int = 0, # control draws and noise: the same for every perturbation (common random numbers)
             labels=None, # label rows of genes the model has none for (genes x label dimension)
             control_split: str | None = "train", # the split whose control cells are drawn
@@ -234,14 +312,17 @@ def predict(self: PredictMixin,
     control cell). With `clip`, the fraction of values that was below 0 is recorded."""
     perts, decoding = self._check_predict(perturbations, n_cells, labels, decoding)
     mod = self.module.eval()
-    pen = self.resolve_penetrance(perts, penetrance)
-    S = self.shift_of(perts, labels)                                              # P x n
-    c = torch.as_tensor(pen.penetrance.to_numpy(np.float32), device=self.device)
+    pen, cS, c, cols = self._combination_shifts(perts, penetrance, labels)        # Σ_k c_k S_k: P x n
     z, pick = self.control_latents(n_cells, seed, control_split, return_index=True)   # n_cells x n
     A = mod.adjacency()
     u0 = scm_solve(z, A)                                                          # linear SCM:
-    v = scm_solve(c[:, None] * S, A)                                              # u_p = u0 + (c_p S_p)(I-A)^-1
+    v = scm_solve(cS, A)                                                          # u_p = u0 + (Σ c_k S_k)(I-A)^-1
+    D_combo = None
+    if c.shape[1] > 1:
+        lib = (self.data_view().count_rows(pick).sum(1).to(self.device) if mod.likelihood == "nb" else None)
+        D_combo = self._combination_targets(perts, labels, mod, u0, v, c, cols, lib)
     out, counts, anchored, n_neg = self._make_cells(mod, u0, v, c, pick, perts, n_cells, seed=seed, labels=labels,
-                                                   batch_size=batch_size, decoding=decoding, clip=clip)
+                                                   batch_size=batch_size, decoding=decoding, clip=clip, cols=cols,
+                                                   D_combo=D_combo)
     return self._prediction_adata(out, counts, perts, n_cells, pen, anchored, seed=seed, control_split=control_split,
                                   decoding=decoding, clip=clip, n_neg=n_neg)

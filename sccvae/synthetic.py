@@ -36,6 +36,8 @@ _DEFAULTS = dict(
     library_size=2000.0, library_sd=0.35, batch_sd=0.1,  # median UMIs per cell and log-normal spreads
     theta=5.0, theta_sd=0.5,  # NB inverse dispersion per gene (log-normal around theta)
     n_truth=2000,           # extra cells per perturbation for the Monte Carlo ground truth
+    n_pairs=0,              # combinations "A+B" of two distinct perturbations (0: singles only, the screens as before)
+    pair_cells=(60, 100),   # cells per pair
 )
 
 PRESETS = {
@@ -182,12 +184,14 @@ class _World:
         return eta
 
 # %% ../nbs/00_synthetic.ipynb #483202dd
-def _truth(w, p, rng):
-    "True mean log-normalised expression: (1 + P) x genes, row 0 = control, then perturbations in order."
+def _truth(w, p, rng, pairs=None, rng_pair=None):
+    """True mean log-normalised expression: ((1 + P) x genes: row 0 = control, then perturbations in order;
+    Q x genes for the Q `pairs`, coupled to the same cells, their thinning drawn from `rng_pair`)."""
     n = int(p["n_truth"])
     if n < 1: raise ValueError(f"n_truth={n} must be >= 1 (try 1000).")
     block = max(32, int(1e6 // w.g))
     sums = np.zeros((w.P + 1, w.g))
+    pair_sums = np.zeros((0 if pairs is None else len(pairs), w.g))
     kd_log = np.log1p(-w.knockdown).astype(np.float32)
     for s in range(0, n, block):
         m = min(block, n - s)
@@ -210,13 +214,16 @@ def _truth(w, p, rng):
                 up = r > 1
                 Kp[up] += _poisson_sum(lam0[up] * (r[up] - 1), rng)
             sums[i + 1] += _lognorm_sum(Kp)
+        for q, (i, j) in enumerate(pairs if pairs is not None else []):
+            pair_sums[q] += _lognorm_sum(_pair_mc(w, z, K0, lam0, eta0, i, j, kd_log, rng_pair))
     m_ctrl, m_aff = sums[0] / n, sums[1:] / n
     pi = w.penetrance[:, None]
-    return np.vstack([m_ctrl, pi * m_aff + (1 - pi) * m_ctrl])
+    return np.vstack([m_ctrl, pi * m_aff + (1 - pi) * m_ctrl]), _pair_mix(w, pairs, pair_sums / n, m_aff, m_ctrl)
 
 # %% ../nbs/00_synthetic.ipynb #9d5caf3d
-def _counts(w, code, affected, rng):
-    "CSR float32 counts for cells with perturbation codes `code` (-1 control) and their batches."
+def _counts(w, code, affected, rng, code2=None, affected2=None):
+    """CSR float32 counts for cells with perturbation codes `code` (-1 control) and their batches; pair cells
+    also carry a second perturbation `code2` whose shift adds to the first (each with its own `affected` draw)."""
     N = code.size
     chunk = max(32, int(1e6 // w.g))
     kd_log = np.log1p(-w.knockdown).astype(np.float32)
@@ -225,9 +232,15 @@ def _counts(w, code, affected, rng):
         c, a = code[s:s + chunk], affected[s:s + chunk]
         z, batch[s:s + c.size], lib, gam = w.cells(rng, c.size)
         shift = np.zeros((c.size, w.k)); shift[a] = w.shifts[c[a]]
+        if code2 is not None:
+            c2, a2 = code2[s:s + chunk], affected2[s:s + chunk]
+            shift[a2] += w.shifts[c2[a2]]
         eta = w.eta(z, shift)
         ra = np.flatnonzero(a)
         eta[ra, w.targets[c[ra]]] += kd_log[c[ra]]
+        if code2 is not None:
+            rb = np.flatnonzero(a2)
+            eta[rb, w.targets[c2[rb]]] += kd_log[c2[rb]]
         K = rng.poisson(w.rates(eta, lib, gam))
         r, col = np.nonzero(K)
         if data is None or pos + r.size > data.size:   # size the buffer from the first block, grow if needed
@@ -241,6 +254,58 @@ def _counts(w, code, affected, rng):
     indptr = np.concatenate([[0], np.cumsum(nnz_row)]).astype(np.int64 if pos > 2**31 - 1 else np.int32)
     return sp.csr_matrix((data, ind, indptr), shape=(N, w.g)), batch
 
+# %% ../nbs/00_synthetic.ipynb #0dc2e621
+_PAIR_SETTINGS = ("n_pairs", "pair_cells")
+
+def _draw_pairs(rng, w, p):
+    "(Q x 2 perturbation indices, a < b, in sorted order; cells per pair), or (None, None) without pairs."
+    Q = int(p["n_pairs"])
+    if Q == 0: return None, None
+    iu, ju = np.triu_indices(w.P, 1)
+    if not 0 < Q <= iu.size:
+        raise ValueError(f"n_pairs={Q}: {w.P} perturbations make {iu.size} distinct pairs; pass 0 <= n_pairs <= {iu.size}.")
+    pick = np.sort(rng.choice(iu.size, Q, replace=False))
+    lo, hi = (int(v) for v in _range(p["pair_cells"], "pair_cells"))
+    if lo < 1: raise ValueError(f"pair_cells={p['pair_cells']!r} must be >= 1.")
+    return np.stack([iu[pick], ju[pick]], 1), rng.integers(lo, hi + 1, Q)
+
+def _pair_cells(w, pairs, n_pair, rng, X, code, batch):
+    "Append the pair cells (shuffled among themselves, codes P + 1 + q) to the singles' counts, codes and batches."
+    q = np.repeat(np.arange(len(pairs)), n_pair)
+    q = q[rng.permutation(q.size)]
+    ia, ib = pairs[q, 0], pairs[q, 1]
+    aff_a, aff_b = rng.random(q.size) < w.penetrance[ia], rng.random(q.size) < w.penetrance[ib]
+    Xq, bq = _counts(w, ia, aff_a, rng, ib, aff_b)
+    return sp.vstack([X, Xq], format="csr"), np.concatenate([code, w.P + 1 + q]), np.concatenate([batch, bq])
+
+# %% ../nbs/00_synthetic.ipynb #fbde41e9
+def _pair_mc(w, z, K0, lam0, eta0, i, j, kd_log, rng):
+    "Counts of the control cells K0 had both i and j acted (coupled: thinned or topped up by the rate ratio)."
+    r = w.eta(z, (w.shifts[i] + w.shifts[j])[None])
+    r[:, w.targets[i]] += kd_log[i]
+    r[:, w.targets[j]] += kd_log[j]
+    r -= eta0
+    np.exp(r, out=r)
+    Kp = K0.copy()
+    dn = (r < 1) & (K0 > 0)
+    Kp[dn] = rng.binomial(K0[dn], r[dn])
+    up = r > 1
+    Kp[up] += _poisson_sum(lam0[up] * (r[up] - 1), rng)
+    return Kp
+
+def _pair_mix(w, pairs, m_ab, m_aff, m_ctrl):
+    "Pair means over the four penetrance states (Q x genes; 0 rows without pairs)."
+    if pairs is None: return m_ab
+    pa, pb = w.penetrance[pairs[:, 0], None], w.penetrance[pairs[:, 1], None]
+    return (pa * pb * m_ab + pa * (1 - pb) * m_aff[pairs[:, 0]] + (1 - pa) * pb * m_aff[pairs[:, 1]]
+            + (1 - pa) * (1 - pb) * m_ctrl)
+
+def _pair_truth(pairs, labels, pair_mean, tmean):
+    "The pair entries of the truth: names, indices, true effect and the additive prediction from the true singles."
+    te = tmean[1:] - tmean[0]
+    return dict(pair_names=list(labels), pair_index=pairs.astype(np.int64), pair_effect=pair_mean - tmean[0],
+                pair_additive=te[pairs[:, 0]] + te[pairs[:, 1]])
+
 # %% ../nbs/00_synthetic.ipynb #2a2cce80
 def _plain(v):
     "Settings as h5ad-writable values (tuples -> float arrays)."
@@ -251,7 +316,8 @@ def simulate_screen(size: str = "tiny", # preset: 'tiny', 'small', 'demo' or 'k5
                     style: str = "replogle", # obs/var layout: 'replogle', 'scperturb' or 'gears'
                     **overrides, # any setting of `PRESETS[size]`, e.g. n_genes=500, frac_null=0.3
                    ) -> ad.AnnData:
-    "A synthetic CRISPR screen with raw NB counts in `X` (CSR float32) and its ground truth in `uns['sccvae_truth']`."
+    """A synthetic CRISPR screen with raw NB counts in `X` (CSR float32) and its ground truth in `uns['sccvae_truth']`;
+    with `n_pairs=Q`, Q combinations "A+B" follow the single-perturbation cells (see Pairs below)."""
     if size not in PRESETS:
         raise ValueError(f"size={size!r} is not a preset; use one of {list(PRESETS)} and override settings by keyword.")
     if style not in STYLES:
@@ -259,8 +325,10 @@ def simulate_screen(size: str = "tiny", # preset: 'tiny', 'small', 'demo' or 'k5
     bad = sorted(set(overrides) - set(_DEFAULTS))
     if bad: raise ValueError(f"unknown setting(s) {bad}; the settings are {sorted(_DEFAULTS)}.")
     p = {**PRESETS[size], **overrides}
-    r_world, r_cells, r_truth = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3))
+    seeds = np.random.SeedSequence(seed).spawn(5)      # children 3, 4 (pairs) leave the draws of 0-2 where they were
+    r_world, r_cells, r_truth, r_pair, r_pair_truth = (np.random.default_rng(s) for s in seeds)
     w = _World(p, r_world)
+    pairs, n_pair = _draw_pairs(r_pair, w, p)
     lo, hi = (int(v) for v in _range(p["cells_per_perturbation"], "cells_per_perturbation"))
     if lo < 1 or int(p["n_control"]) < 2:
         raise ValueError("cells_per_perturbation must be >= 1 and n_control >= 2.")
@@ -271,24 +339,28 @@ def simulate_screen(size: str = "tiny", # preset: 'tiny', 'small', 'demo' or 'k5
     pert = np.flatnonzero(code >= 0)
     affected[pert] = r_cells.random(pert.size) < w.penetrance[code[pert]]
     X, batch = _counts(w, code, affected, r_cells)
-    tmean = _truth(w, p, r_truth).astype(np.float32)
-    return _assemble(X, code, affected, batch, w, tmean, p, size=size, seed=seed, style=style)
+    if pairs is not None: X, code, batch = _pair_cells(w, pairs, n_pair, r_pair, X, code, batch)
+    tmean, pmean = _truth(w, p, r_truth, pairs, r_pair_truth)
+    return _assemble(X, code, affected, batch, w, tmean.astype(np.float32), p, size=size, seed=seed, style=style,
+                     pairs=pairs, pair_mean=pmean.astype(np.float32))
 
 # %% ../nbs/00_synthetic.ipynb #e4910f3f
-def _assemble(X, code, affected, batch, w, tmean, p, *, size, seed, style):
+def _assemble(X, code, affected, batch, w, tmean, p, *, size, seed, style, pairs=None, pair_mean=None):
     width = max(4, len(str(w.g - 1)))
     symbols = np.array([f"G{i:0{width}d}" for i in range(w.g)])
     ens = np.array([f"ENSG{i + 1:011d}" for i in range(w.g)])
     names = [str(s) for s in symbols[w.targets]]
     key, ctrl = STYLES[style]
     labels = [f"{x}+ctrl" for x in names] if style == "gears" else names
-    row = np.where(code >= 0, code, w.P)                             # index into labels + [ctrl]
-    lab = np.array(labels + [ctrl], dtype=object)[row]
-    cats = [ctrl] + sorted(labels)
+    pair_labels = [] if pairs is None else [f"{names[i]}+{names[j]}" for i, j in pairs]
+    row = np.where(code >= 0, code, w.P)                             # index into labels + [ctrl] + pair_labels
+    lab = np.array(labels + [ctrl] + pair_labels, dtype=object)[row]
+    cats = [ctrl] + sorted(labels) + sorted(pair_labels)
     obs = pd.DataFrame({key: pd.Categorical(lab, categories=cats)},
                        index=pd.Index([f"cell{i:0{len(str(code.size - 1))}d}" for i in range(code.size)]))
     if style == "replogle":
-        obs["gene_id"] = np.array([str(e) for e in ens[w.targets]] + ["non-targeting"], dtype=object)[row]
+        pair_ids = [] if pairs is None else [f"{ens[w.targets[i]]}+{ens[w.targets[j]]}" for i, j in pairs]
+        obs["gene_id"] = np.array([str(e) for e in ens[w.targets]] + ["non-targeting"] + pair_ids, dtype=object)[row]
         obs["gem_group"] = batch + 1
         obs["UMI_count"] = np.asarray(X.sum(1)).ravel()
         var = pd.DataFrame({"gene_name": symbols}, index=pd.Index(ens))
@@ -307,9 +379,10 @@ def _assemble(X, code, affected, batch, w, tmean, p, *, size, seed, style):
         true_mean_method="coupled Monte Carlo over n_truth extra cells per perturbation, penetrance integrated exactly",
         modules={mods[j]: [str(s) for s in symbols[dom == j]] for j in range(w.k)},
         gene_module=dom.astype(np.int64), baseline=w.b.astype(np.float32), theta=w.theta.astype(np.float32),
-        params={**{k: _plain(v) for k, v in p.items()}, "size": size, "seed": int(seed), "style": style,
-                "n_cells": int(code.size), "target_sum": TARGET_SUM},
+        params={**{k: _plain(v) for k, v in p.items() if pairs is not None or k not in _PAIR_SETTINGS},
+                "size": size, "seed": int(seed), "style": style, "n_cells": int(code.size), "target_sum": TARGET_SUM},
     )
+    if pairs is not None: truth.update(_pair_truth(pairs, pair_labels, pair_mean, tmean))
     return ad.AnnData(X=X, obs=obs, var=var, uns={"sccvae_truth": truth})
 
 # %% ../nbs/00_synthetic.ipynb #c030c702

@@ -116,3 +116,72 @@ def test_errors(screen):
     b = a.copy(); b.obs["split"] = np.where(b.obs._scc_target == "control", "test", "train")
     with pytest.raises(ValueError, match="no training control"):
         ControlBaseline().fit(b)
+
+
+# --- the additive baseline for combinations (issue 14) ----------------------------------------------------------
+
+def _pair_screen():
+    "Three measured genes; controls at 2; singles A (-1 on A, +0.5 on C) and B (-2 on B, +0.5 on C); a pair A+B, held out."
+    from sccvae.baselines import AdditiveBaseline  # noqa: F401  (import checked here)
+    X = np.array([[2, 2, 2]] * 4 + [[1, 2, 2.5]] * 2 + [[2, 0, 2.5]] * 2 + [[0, 0, 2]] * 2, dtype=np.float32)
+    a = ad.AnnData(X, obs=pd.DataFrame({"g": ["ctrl"] * 4 + ["A"] * 2 + ["B"] * 2 + ["A+B"] * 2},
+                                       index=[f"c{i}" for i in range(10)]), var=pd.DataFrame(index=["A", "B", "C"]))
+    scd.setup_anndata(a, perturbation_key="g", control_group="ctrl"); scd.normalize(a)
+    a.obs["split"] = np.where(a.obs["g"] == "A+B", "test", "train")
+    return a
+
+
+def test_additive_sums_single_changes():
+    from sccvae.baselines import AdditiveBaseline
+    a = _pair_screen()
+    add = AdditiveBaseline(fallback="mean").fit(a)
+    assert set(add.single_delta_) == {"A", "B"}
+    np.testing.assert_allclose(add.predict_bulk(["A+B", "A", "B+A"]).to_numpy() - 2, [[-1, -2, 1], [-1, 0, 0.5], [-1, -2, 1]], atol=1e-6)
+    np.testing.assert_allclose(add.predict_bulk(["A+C"]).to_numpy() - 2, [[-1.5, -1, 1]], atol=1e-6)   # C unseen: the mean
+    ctl = AdditiveBaseline(fallback="control").fit(a)
+    np.testing.assert_allclose(ctl.predict_bulk(["A+C"]).to_numpy() - 2, [[-1, 0, 0.5]], atol=1e-6)
+    # training pairs are not singles: with the pair in training the singles' changes are the same
+    a.obs["split"] = "train"
+    np.testing.assert_allclose(AdditiveBaseline(fallback="mean").fit(a).predict_bulk(["A+B"]).to_numpy() - 2, [[-1, -2, 1]], atol=1e-6)
+
+
+def test_additive_predicts_cells_and_refuses_unknown_genes():
+    from sccvae.baselines import AdditiveBaseline, ControlBaseline
+    a = _pair_screen()
+    add = AdditiveBaseline(fallback=ControlBaseline()).fit(a)
+    p = add.predict(["A+B"], n_cells=4, seed=0)
+    assert p.n_obs == 4 and list(p.obs[scd.TARGET_KEY].astype(str)) == ["A+B"] * 4
+    pd.testing.assert_frame_equal(declared_bulk(p), add.predict_bulk(["A+B"]).astype(np.float32), check_names=False)
+    np.testing.assert_allclose(np.asarray(p.X).mean(0), [1, 0, 3], atol=1e-6)
+    np.testing.assert_allclose(add.predict_bulk(["C"]).to_numpy(), [[2, 2, 2]], atol=1e-6)   # fallback: no change
+    with pytest.raises(ValueError, match="measured genes"):
+        add.predict_bulk(["A+NOPE"])
+    with pytest.raises(ValueError, match="fallback"):
+        AdditiveBaseline(fallback="nope")
+
+
+def test_additive_default_anchor_fallback_on_a_simulated_pair_screen():
+    from sccvae.baselines import AdditiveBaseline, AnchorBaseline
+    from sccvae.synthetic import simulate_screen
+    s = simulate_screen("tiny", seed=0, n_pairs=6, n_truth=100)
+    scd.setup_anndata(s, perturbation_key="gene", control_group="non-targeting"); scd.normalize(s)
+    t = s.uns["sccvae_truth"]; held = set(t["perturbations"][:3])
+    tgt = s.obs[scd.TARGET_KEY].astype(str)
+    s.obs["split"] = np.where(tgt.str.contains(r"\+", regex=True) | tgt.isin(held), "test", "train")
+    add = AdditiveBaseline().fit(s)
+    assert isinstance(add.fallback_, AnchorBaseline) and not held & set(add.single_delta_)
+    pairs = list(t["pair_names"])
+    d = add.predict_bulk(pairs).to_numpy() - add.control_mean_
+    for r, q in enumerate(pairs):
+        x, y = q.split("+")
+        exp = sum(add.single_delta_[g] if g in add.single_delta_ else add.fallback_._delta([g])[0] for g in (x, y))
+        np.testing.assert_allclose(d[r], exp, atol=1e-6)
+
+
+def test_additive_default_falls_back_to_the_mean_when_no_anchor(screen, caplog):
+    from sccvae.baselines import AdditiveBaseline
+    a, labels, means, train, test = screen            # perturbations are not measured genes: no labels, no anchor
+    add = AdditiveBaseline().fit(a)
+    assert add.fallback_ == "mean" and "anchor fallback" in caplog.text
+    np.testing.assert_allclose(add.predict_bulk([f"{train[0]}+{train[1]}"]).to_numpy()[0] - add.control_mean_,
+                               add.single_delta_[train[0]] + add.single_delta_[train[1]], atol=1e-9)

@@ -207,3 +207,33 @@ def test_nb_needs_counts(trained):
     del a.layers["counts"]
     with pytest.raises(ValueError, match="raw counts"):
         SCCVAE(a, n_latent=8, n_hidden=32, likelihood="nb")
+
+
+def test_combinations_are_registered_and_predicted_for_unseen_genes():
+    "Issue 14: `A+B` cells keep their canonical name; predict(['A+B']) works for pairs with unseen genes."
+    from sccvae.synthetic import simulate_screen
+    a = simulate_screen("tiny", seed=0, style="scperturb")
+    lab = a.obs["perturbation"].astype(str).to_numpy().copy()
+    g = sorted(set(lab) - {"control"})
+    lab[:6] = f"{g[1]}_{g[0]}"                                    # scPerturb-style double
+    a.obs["perturbation"] = lab
+    D.setup_anndata(a, perturbation_key="perturbation", control_group="control", combination_delimiter="_")
+    assert (D.targets(a)[:6] == f"{g[0]}+{g[1]}").all() and D.get_registry(a)["n_combinations"] == 1
+    with pytest.raises(ValueError, match="combination_delimiter"):
+        D.setup_anndata(a, perturbation_key="perturbation", control_group="control", combination_delimiter="ab")
+
+
+def test_pair_prediction_sums_shifts_and_singles_are_unchanged(trained):
+    adata, model, unseen = trained
+    seen = model.train_perturbations[0]
+    pairs = [f"{seen}+{unseen[0]}", f"{unseen[0]}+{unseen[1]}"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pred = model.predict(pairs + [unseen[0]], n_cells=16, seed=3, penetrance=0.8)
+        alone = model.predict([unseen[0]], n_cells=16, seed=3, penetrance=0.8)
+        _, cS, C, cols = model._combination_shifts(pairs, 0.8, None)
+    assert pred.shape == (48, adata.n_vars) and list(pred.obs["_scc_target"].cat.categories) == pairs + [unseen[0]]
+    S = model.shift_of([seen, unseen[0], unseen[1]])
+    torch.testing.assert_close(cS, 0.8 * torch.stack([S[0] + S[1], S[1] + S[2]]), rtol=1e-6, atol=1e-6)
+    assert C.shape == (2, 2) and (cols.shape == (2, 2))
+    np.testing.assert_allclose(np.asarray(pred.X[32:]), np.asarray(alone.X), rtol=1e-5, atol=1e-6)   # float32: the same cells

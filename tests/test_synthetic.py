@@ -133,3 +133,78 @@ def test_signal_ratio_separates_null_from_effective(tiny):
     assert sr[~null].median() > sr[null].median() and 1 < sr[~null].median() < 6
     g = simulate_screen("tiny", seed=0, style="gears")
     pd.testing.assert_series_equal(signal_ratio(g), sr)
+
+
+# --- pairs (issue 14) -------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def paired():
+    "The tiny screen (fewer truth cells, for speed) with and without 8 pairs."
+    return simulate_screen("tiny", seed=0, n_truth=300), simulate_screen("tiny", seed=0, n_truth=300, n_pairs=8)
+
+
+def test_no_pairs_by_default(tiny):
+    t = tiny.uns["sccvae_truth"]
+    assert not {"pair_names", "pair_index", "pair_effect", "pair_additive"} & set(t)
+    assert "n_pairs" not in t["params"] and "pair_cells" not in t["params"]
+    assert not tiny.obs["gene"].astype(str).str.contains(r"\+").any()
+
+
+def test_pairs_keep_the_singles_and_add_their_truth(paired):
+    a, q = paired
+    n0, ta, tq = a.n_obs, a.uns["sccvae_truth"], q.uns["sccvae_truth"]
+    assert (q.X[:n0] != a.X).nnz == 0 and (q.obs["gene"].iloc[:n0].astype(str) == a.obs["gene"].astype(str)).all()
+    for k in ["true_mean", "true_effect", "shifts", "penetrance"]:
+        np.testing.assert_array_equal(tq[k], ta[k], err_msg=k)
+    P, G = len(ta["perturbations"]), a.n_vars
+    assert tq["true_effect"].shape == (P, G) and tq["pair_effect"].shape == (8, G) and tq["pair_additive"].shape == (8, G)
+    ia, ib = tq["pair_index"].T
+    assert np.all(ia < ib) and len(set(zip(ia, ib))) == 8
+    pert = ta["perturbations"]
+    assert tq["pair_names"] == [f"{pert[i]}+{pert[j]}" for i, j in zip(ia, ib)]
+    np.testing.assert_allclose(tq["pair_additive"], ta["true_effect"][ia] + ta["true_effect"][ib], atol=1e-6)
+    lab = q.obs["gene"].iloc[n0:].astype(str)
+    assert set(lab) == set(tq["pair_names"]) and lab.value_counts().between(60, 100).all()
+    assert q.obs["gene_id"].iloc[n0:].str.match(r"^ENSG\d{11}\+ENSG\d{11}$").all()
+    assert tq["params"]["n_pairs"] == 8 and q.obs_names.is_unique
+
+
+def test_pair_cells_knock_down_both_targets(paired):
+    a, q = paired
+    tq, n0 = q.uns["sccvae_truth"], a.n_obs
+    X = q.X.toarray().astype(np.float64); X = np.log1p(X / np.maximum(X.sum(1, keepdims=True), 1) * 1e4)
+    ctrl = X[(q.obs["gene"] == "non-targeting").to_numpy()].mean(0)
+    lab = q.obs["gene"].astype(str).to_numpy()
+    for name, (i, j) in zip(tq["pair_names"], tq["pair_index"]):
+        m = X[lab == name].mean(0) - ctrl
+        ti, tj = tq["target_index"][i], tq["target_index"][j]
+        assert m[ti] < 0 and m[tj] < 0 and tq["pair_effect"][list(tq["pair_names"]).index(name), [ti, tj]].max() < -0.2
+
+
+def test_pairs_interact_in_gene_space(paired):
+    tq = paired[1].uns["sccvae_truth"]
+    inter = np.linalg.norm(tq["pair_effect"] - tq["pair_additive"], axis=1)
+    both_null = tq["is_null"][tq["pair_index"]].all(1)
+    assert np.median(inter[~both_null]) > 0.05           # saturation and the log link bend the added module shifts
+
+
+@pytest.mark.parametrize("style,key", [("gears", "condition"), ("scperturb", "perturbation")])
+def test_pair_labels_are_a_plus_b_in_every_style(style, key):
+    q = simulate_screen("tiny", seed=1, style=style, n_pairs=3, n_truth=100)
+    names = q.uns["sccvae_truth"]["pair_names"]
+    assert set(names) <= set(q.obs[key].cat.categories) and all(n.count("+") == 1 and "ctrl" not in n for n in names)
+
+
+def test_pairs_survive_h5ad(tmp_path):
+    q = simulate_screen("tiny", seed=2, n_pairs=4, n_truth=100)
+    q.write_h5ad(tmp_path / "p.h5ad")
+    t = ad.read_h5ad(tmp_path / "p.h5ad").uns["sccvae_truth"]
+    assert list(t["pair_names"]) == q.uns["sccvae_truth"]["pair_names"]
+    np.testing.assert_array_equal(t["pair_effect"], q.uns["sccvae_truth"]["pair_effect"])
+
+
+@pytest.mark.parametrize("kwargs,msg", [(dict(n_pairs=1000), "distinct pairs"), (dict(n_pairs=-1), "n_pairs"),
+                                        (dict(n_pairs=2, pair_cells=(0, 5)), "pair_cells")])
+def test_bad_pair_settings(kwargs, msg):
+    with pytest.raises(ValueError, match=msg):
+        simulate_screen("tiny", seed=0, n_truth=10, **kwargs)

@@ -16,9 +16,9 @@ import anndata as ad
 _log = logging.getLogger("sccvae")
 
 # %% auto #0
-__all__ = ['REGISTRY_KEY', 'TARGET_KEY', 'CONTROL', 'TARGET_SUM', 'DEFAULT_EXCLUDE', 'check_split_column', 'setup_anndata',
-           'get_registry', 'gene_symbols', 'targets', 'perturbation_table', 'target_columns', 'check_values',
-           'normalize']
+__all__ = ['REGISTRY_KEY', 'TARGET_KEY', 'CONTROL', 'TARGET_SUM', 'DEFAULT_EXCLUDE', 'COMBINATION', 'check_split_column',
+           'combination_parts', 'setup_anndata', 'get_registry', 'gene_symbols', 'targets', 'perturbation_table',
+           'target_columns', 'check_values', 'normalize']
 
 # %% ../../nbs/01_data.ipynb #c2997a2b
 REGISTRY_KEY = "_sccvae"
@@ -71,17 +71,23 @@ def check_split_column(adata, key: str, what: str | None = None):
                      "cells at all)." + hint)
 
 # %% ../../nbs/01_data.ipynb #d0cfde65
-def _parse_label(lab: str, controls: set, exclude: set, collapse_guides: bool):
-    "Canonical target for one raw label: symbol, CONTROL, or None (excluded)."
+COMBINATION = "+"   # the canonical delimiter of a combination's genes: `A+B`
+
+def _parse_label(lab: str, controls: set, exclude: set, collapse_guides: bool, delimiter: str | None = None):
+    "Canonical target for one raw label: symbol, `A+B` (sorted genes), CONTROL, or None (excluded)."
     if lab in controls: return CONTROL
     if lab.lower() in exclude or lab in exclude: return None
-    if "+" in lab:  # GEARS: GENE+ctrl / ctrl+GENE; anything else is a combination
-        parts = [p for p in lab.split("+") if p not in controls and p.lower() != "ctrl"]
-        if len(parts) == 0: return CONTROL
-        if len(parts) > 1: return None
-        lab = parts[0]
-    if collapse_guides: lab = _GUIDE_SUFFIX.sub("", lab)
-    return lab
+    parts = [lab]
+    for d in dict.fromkeys([COMBINATION] + ([delimiter] if delimiter else [])):
+        parts = [q.strip() for p in parts for q in p.split(d)]
+    parts = [p for p in parts if p and p not in controls and p.lower() != "ctrl"]   # GEARS: GENE+ctrl
+    if not parts: return CONTROL
+    if collapse_guides: parts = [_GUIDE_SUFFIX.sub("", p) for p in parts]
+    return COMBINATION.join(sorted(dict.fromkeys(parts)))
+
+def combination_parts(target: str) -> list[str]:
+    "The genes of a canonical target: `['A', 'B']` for the combination `A+B`, `[g]` for a single gene or control."
+    return str(target).split(COMBINATION)
 
 # %% ../../nbs/01_data.ipynb #e861b515
 def _check_setup_args(adata, perturbation_key, layer, split_key, gene_symbol_key):
@@ -108,7 +114,7 @@ def _check_setup_args(adata, perturbation_key, layer, split_key, gene_symbol_key
     return ens, gene_symbol_key
 
 # %% ../../nbs/01_data.ipynb #690b2454
-def _canonical_targets(adata, perturbation_key, control_group, exclude, collapse_guides):
+def _canonical_targets(adata, perturbation_key, control_group, exclude, collapse_guides, delimiter=None):
     "Canonical target of every cell (symbol, CONTROL or NaN): (targets, categories, controls, n_control, n_excluded)."
     controls = set(_as_list(control_group))
     if not controls: raise ValueError("control_group is empty; pass the label of control cells, e.g. 'non-targeting'.")
@@ -123,7 +129,10 @@ def _canonical_targets(adata, perturbation_key, control_group, exclude, collapse
                          f"(most common labels: {common}); pass the label your controls carry, "
                          "e.g. 'non-targeting', 'control' or 'ctrl'.")
     excl = {e.lower() for e in DEFAULT_EXCLUDE} | {e for e in _as_list(exclude)} | {e.lower() for e in _as_list(exclude)}
-    mapping = {lab: _parse_label(lab, controls, excl, collapse_guides) for lab in present}
+    if delimiter is not None and (not isinstance(delimiter, str) or len(delimiter) != 1 or delimiter.isalnum()):
+        raise ValueError(f"combination_delimiter={delimiter!r}: pass the one character that separates the genes of a "
+                         "combination label, e.g. '_' (scPerturb's A_B), ',' or '|'; '+' is always recognised.")
+    mapping = {lab: _parse_label(lab, controls, excl, collapse_guides, delimiter) for lab in present}
     target = raw_str.map(mapping)
     n_ctrl = int((target == CONTROL).sum())
     if n_ctrl == 0:
@@ -131,7 +140,7 @@ def _canonical_targets(adata, perturbation_key, control_group, exclude, collapse
     n_excl = int(target.isna().sum())
     if n_excl:
         labs = raw_str[target.isna()].value_counts()
-        _log.warning("excluded %d cells whose labels are neither control nor a single perturbation: %s",
+        _log.warning("excluded %d cells whose labels are neither control nor a perturbation: %s",
                     n_excl, dict(labs.head(10)))
     cats = [CONTROL] + sorted(set(target.dropna()) - {CONTROL})
     return target, cats, controls, n_ctrl, n_excl
@@ -159,6 +168,7 @@ def setup_anndata(adata: ad.AnnData, *,
                   gene_symbol_key: str | None = "auto",   # var column of gene symbols when var_names are ids ('auto': Replogle's `gene_name` when var_names are Ensembl ids; None: var_names are the symbols)
                   exclude: Sequence[str] | None = None,   # extra labels that are not single perturbations
                   collapse_guides: bool = False,          # map guide labels like `EGR1_2` to their target `EGR1`
+                  combination_delimiter: str | None = None, # besides '+', the character between a combination's genes ('_', ',' or '|')
                   normalize: bool = True,                 # then `normalize(adata)` once, in place (idempotent); False: register only
                  ) -> ad.AnnData:
     """Register a Perturb-seq AnnData with sccvae and, by default, normalise it once (in place; returns it).
@@ -167,7 +177,7 @@ def setup_anndata(adata: ad.AnnData, *,
     for checks that must see the input as it came (counts, a filter before normalising)."""
     ens, gene_symbol_key = _check_setup_args(adata, perturbation_key, layer, split_key, gene_symbol_key)
     target, cats, controls, n_ctrl, n_excl = _canonical_targets(adata, perturbation_key, control_group, exclude,
-                                                                collapse_guides)
+                                                                collapse_guides, combination_delimiter)
     _warn_unmatched_ids(adata, cats, ens, gene_symbol_key)
     adata.obs[TARGET_KEY] = pd.Categorical(target, categories=cats)
     if not collapse_guides:
@@ -176,7 +186,9 @@ def setup_anndata(adata: ad.AnnData, *,
             _log.warning("most labels look guide-level (e.g. %s); pass collapse_guides=True to pool guides by target gene",
                         guide_like[:3])
     reg = dict(perturbation_key=perturbation_key, control_group=sorted(controls), collapse_guides=collapse_guides,
-               n_excluded=n_excl, n_control=n_ctrl, n_perturbations=len(cats) - 1)
+               n_excluded=n_excl, n_control=n_ctrl, n_perturbations=len(cats) - 1,
+               n_combinations=sum(COMBINATION in c for c in cats))
+    if combination_delimiter is not None: reg["combination_delimiter"] = combination_delimiter
     for k, v in (("layer", layer), ("split_key", split_key), ("gene_symbol_key", gene_symbol_key)):
         if v is not None: reg[k] = v
     prev = adata.uns.get(REGISTRY_KEY, {})

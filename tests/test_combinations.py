@@ -1,0 +1,84 @@
+"""sccvae.combinations: closed forms of the interaction scores, the agreement of predicted and true interactions,
+pair classes, and the truth of a simulated pair screen."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from sccvae.combinations import (PAIR_CLASSES, interaction_agreement, interaction_deviation, interaction_scores,
+                                 pair_classes, pair_errors)
+
+A, B = np.array([1.0, 0, 0]), np.array([0.0, 1, 0])
+PAIRS = pd.DataFrame([[1, 1, 0], [2, 2, 0], [0.5, 0.5, 0], [1, 0, 0], [1, 1, 1], [-1, -1, 0]], dtype=float,
+                     index=["sum", "amplified", "buffered", "a masks b", "neomorphic", "reversed"])
+SA, SB = np.tile(A, (6, 1)), np.tile(B, (6, 1))
+
+
+def test_deviation_keeps_labels_and_checks_shapes():
+    d = interaction_deviation(PAIRS, SA, SB)
+    assert list(d.index) == list(PAIRS.index) and d.shape == PAIRS.shape
+    np.testing.assert_array_equal(d.loc["amplified"].to_numpy(), [1, 1, 0])
+    assert interaction_deviation([1, 1], [1, 0], [0, 1]).to_numpy().tolist() == [[0, 0]]   # 1-d: one pair
+    with pytest.raises(ValueError, match="same shape"):
+        interaction_deviation(PAIRS, SA[:2], SB[:2])
+
+
+def test_scores_closed_forms():
+    s = interaction_scores(PAIRS, SA, SB)
+    assert list(s["call"]) == ["additive", "synergy", "suppression", "suppression", "synergy", "additive"]
+    np.testing.assert_allclose(s["magnitude_ratio"], [1, 2, 0.5, 2 ** -0.5, 1.5 ** 0.5, 1])
+    np.testing.assert_allclose(s["deviation_norm"], [0, 2 ** 0.5, 0.5 ** 0.5, 1, 1, 8 ** 0.5])
+    np.testing.assert_allclose(s[["c_a", "c_b"]].to_numpy(), [[1, 1], [2, 2], [.5, .5], [1, 0], [1, 1], [-1, -1]], atol=1e-12)
+    np.testing.assert_allclose(s["linear_magnitude"], np.hypot(s["c_a"], s["c_b"]))
+    np.testing.assert_allclose(s["fit_r2"], [1, 1, 1, 1, 2 / 3, 1])
+    assert s.loc["sum", "dominance"] == 0 and s.loc["sum", "equality"] == 1
+    assert s.loc["a masks b", "dominance"] == np.inf and s.loc["a masks b", "equality"] == 0
+    # the ratio ignores direction: the reversed pair is 'additive' by magnitude but deviates by 2(a+b)
+    assert s.loc["reversed", "deviation_norm"] > 2
+
+
+def test_scores_tau_and_degenerate_singles():
+    assert interaction_scores(PAIRS, SA, SB, tau=0.6)["call"].tolist() == ["additive", "synergy"] + ["additive"] * 4
+    with pytest.raises(ValueError, match="tau"):
+        interaction_scores(PAIRS, SA, SB, tau=1.0)
+    z = interaction_scores([[0, 0, 0], [1, 0, 0]], np.zeros((2, 3)), np.zeros((2, 3)))
+    assert np.isnan(z["magnitude_ratio"].iloc[0]) and z["call"].tolist() == ["additive", "synergy"]
+    assert np.isinf(z["magnitude_ratio"].iloc[1]) and z["c_a"].isna().all()
+
+
+def test_agreement():
+    true = (PAIRS, SA, SB)
+    same = interaction_agreement(true, true)
+    assert same["match"].all() and np.allclose(same["pearson"].drop("sum"), 1) and np.isnan(same.loc["sum", "pearson"])
+    gi = interaction_deviation(*true).to_numpy()
+    flipped = interaction_agreement((SA + SB - gi, SA, SB), true)
+    np.testing.assert_allclose(flipped["pearson"].drop("sum"), -1)
+    additive = interaction_agreement((SA + SB, SA, SB), true)
+    assert additive["pearson"].isna().all() and (additive["call_pred"] == "additive").all()
+    assert additive["match"].mean() == pytest.approx(2 / 6)
+    with pytest.raises(ValueError, match="same pairs"):
+        interaction_agreement((PAIRS.iloc[:2], SA[:2], SB[:2]), true)
+
+
+def test_pair_classes_and_errors():
+    c = pair_classes(["A+B", "A+C", "C+D"], ["A", "B"])
+    assert list(c) == ["both seen", "one unseen", "both unseen"] and list(c.cat.categories) == list(PAIR_CLASSES)
+    assert list(c.index) == ["A+B", "A+C", "C+D"]
+    with pytest.raises(ValueError, match="not a pair"):
+        pair_classes(["A+B+C"], ["A"])
+    e = pair_errors(np.array([[1.0, 0], [0, 0]]), pd.DataFrame([[1.0, 0], [1, 1]], index=["A+B", "C+D"]), ["A", "B"])
+    np.testing.assert_allclose(e["rmse"], [0, 1]); np.testing.assert_allclose(e["pearson"].iloc[0], 1)
+    assert list(e["pair_class"]) == ["both seen", "both unseen"]
+    with pytest.raises(ValueError, match="same shape"):
+        pair_errors(np.zeros((1, 2)), np.zeros((2, 2)))
+
+
+def test_true_additive_errs_by_exactly_the_true_interaction():
+    from sccvae.synthetic import simulate_screen
+    t = simulate_screen("tiny", seed=0, n_pairs=10, n_truth=200).uns["sccvae_truth"]
+    te, (ia, ib) = t["true_effect"].astype(np.float64), t["pair_index"].T
+    s = interaction_scores(pd.DataFrame(t["pair_effect"], index=t["pair_names"]), te[ia], te[ib])
+    np.testing.assert_allclose(s["deviation_norm"], np.linalg.norm(t["pair_effect"] - t["pair_additive"], axis=1), rtol=1e-4, atol=1e-6)
+    assert list(s.index) == list(t["pair_names"]) and set(s["call"]) <= {"synergy", "suppression", "additive"}
+    e = pair_errors(t["pair_additive"], pd.DataFrame(t["pair_effect"], index=t["pair_names"]), t["perturbations"])
+    assert (e["pair_class"] == "both seen").all()
+    np.testing.assert_allclose(e["rmse"] * np.sqrt(te.shape[1]), s["deviation_norm"], rtol=1e-4, atol=1e-6)
