@@ -21,6 +21,7 @@ from .graph import make_graph
 from .module import SCCVAEModule, scm_solve
 from .train import Trainer, TrainConfig
 from .loader import PerturbationData
+from . import effects as _effects
 from .predict import PredictMixin, PREDICTION_KEY, DECODINGS
 from .saving import SaveLoadMixin
 from .utils import get_device
@@ -484,3 +485,15 @@ def select_penetrance(self: SCCVAE, perturbations=None, mode: str = "prior", **k
     """Select c for unseen perturbations (`sccvae.shift.select_penetrance`, for the model's `decoding`) and store it.
     The default mode, 'prior', needs no cells of the unseen perturbations; 'oracle' (the paper's) is opt-in."""
     return scs.select_penetrance(self, perturbations, mode=mode, store=True, **kwargs)
+
+# %% ../nbs/40_model.ipynb #95601ac2
+@patch
+def total_effects(self: SCCVAE, genes=None, **kwargs) -> pd.DataFrame:
+    "Perturbed gene × affected gene mean change per unit knockdown, for every measured gene (`sccvae.effects.total_effects`)."
+    return _effects.total_effects(self, genes, **kwargs)
+
+@patch
+def direct_effects(self: SCCVAE, genes=None, *, lam: float = 1e-2, rank: int | None = None, n_cells: int = 64,
+                   seed: int = 0) -> pd.DataFrame:
+    "Direct effects over `genes` (default: all with a label) from `total_effects` (`sccvae.effects.direct_effects`)."
+    return _effects.direct_effects(self.total_effects(genes, n_cells=n_cells, seed=seed), lam=lam, rank=rank)
