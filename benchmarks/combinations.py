@@ -65,7 +65,8 @@ def run_seed(size, seed, n_pairs, holdout_frac, n_cells, max_epochs, quiet=True)
         X = np.asarray(pred.X)
         return {p: X[np.flatnonzero(g == p)][:ncell[p]] for p in pairs}
 
-    preds = {"SCCVAE default": cells_of(model.predict(pairs, n_cells=n_cells, seed=seed))}
+    preds = {"SCCVAE default": cells_of(model.predict(pairs, n_cells=n_cells, seed=seed)),
+             "SCCVAE, no interaction": cells_of(model.predict(pairs, n_cells=n_cells, seed=seed, interaction=0.0))}
     add = AdditiveBaseline().fit(a, split_key="split")
     preds["additive (SALT)"] = cells_of(add.predict(pairs, n_cells=n_cells, seed=seed))
     pm = PerturbedMeanBaseline().fit(a, split_key="split")

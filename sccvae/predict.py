@@ -267,7 +267,7 @@ def _decoded_changes(self: PredictMixin, mod, u0, v, C, cols, lib=None) -> np.nd
     return np.stack(out)
 
 @patch
-def _combination_targets(self: PredictMixin, perts, labels, mod, u0, v, C, cols, lib=None) -> np.ndarray:
+def _combination_targets(self: PredictMixin, perts, labels, mod, u0, v, C, cols, lib=None, interaction: float = 1.0) -> np.ndarray:
     """The mean change each combination of `perts` is recentred on (NaN rows for singles): Σ_k Δ̂_k (a seen gene's
     observed training change, the anchor's prediction for an unseen one) + the model's interaction m_combo − Σ_k m_k."""
     D = np.full((len(perts), self.adata.n_vars), np.nan)
@@ -286,7 +286,7 @@ def _combination_targets(self: PredictMixin, perts, labels, mod, u0, v, C, cols,
     at = {g: a for a, g in enumerate(genes)}
     for r, i in enumerate(combo):
         ks = [at[g] for g in scd.combination_parts(perts[i])]
-        D[i] = best[ks].sum(0) + m_combo[r] - m_single[ks].sum(0)
+        D[i] = best[ks].sum(0) + float(interaction) * (m_combo[r] - m_single[ks].sum(0))
     return D
 
 # %% ../nbs/42_predict.ipynb #7fb12d40
@@ -302,6 +302,7 @@ def predict(self: PredictMixin,
             batch_size: int = 8192, # cells decoded at once
             decoding: str | None = None, # 'mean', 'sample' or 'counterfactual' (default: the model's)
             clip: bool = True, # set values below 0 to 0, keeping each gene's mean (`_clip_keep_mean`)
+            interaction: float = 1.0, # with the anchor: weight of the model's interaction in a combination's centre (0: additive of the best singles)
            ) -> ad.AnnData:
     """Predicted cells (log-normalised expression) for each perturbation: AnnData with the training var_names,
     `obs[perturbation_key]` (and the canonical `obs['_scc_target']`), `obs['penetrance']`, provenance in
@@ -320,7 +321,8 @@ def predict(self: PredictMixin,
     D_combo = None
     if c.shape[1] > 1:
         lib = (self.data_view().count_rows(pick).sum(1).to(self.device) if mod.likelihood == "nb" else None)
-        D_combo = self._combination_targets(perts, labels, mod, u0, v, c, cols, lib)
+        if not np.isfinite(interaction): raise ValueError(f"interaction={interaction!r} must be a finite weight, e.g. 1.0 or 0.0.")
+        D_combo = self._combination_targets(perts, labels, mod, u0, v, c, cols, lib, interaction)
     out, counts, anchored, n_neg = self._make_cells(mod, u0, v, c, pick, perts, n_cells, seed=seed, labels=labels,
                                                    batch_size=batch_size, decoding=decoding, clip=clip, cols=cols,
                                                    D_combo=D_combo)

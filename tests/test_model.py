@@ -237,3 +237,25 @@ def test_pair_prediction_sums_shifts_and_singles_are_unchanged(trained):
     torch.testing.assert_close(cS, 0.8 * torch.stack([S[0] + S[1], S[1] + S[2]]), rtol=1e-6, atol=1e-6)
     assert C.shape == (2, 2) and (cols.shape == (2, 2))
     np.testing.assert_allclose(np.asarray(pred.X[32:]), np.asarray(alone.X), rtol=1e-5, atol=1e-6)   # float32: the same cells
+
+
+def test_pair_interaction_weight_is_checked(trained):
+    adata, model, unseen = trained
+    with pytest.raises(ValueError, match="interaction"):
+        model.predict([f"{unseen[0]}+{unseen[1]}"], n_cells=4, penetrance=1.0, interaction=float("nan"))
+
+
+def test_anchored_pair_is_centred_on_the_additive_guess_plus_the_interaction():
+    "Default model: a pair of seen genes is centred on Δ_A + Δ_B (their observed training changes) + w_int · interaction."
+    adata, unseen = tiny_fold()
+    model = SCCVAE(adata, n_latent=8, n_hidden=32, n_label_components=8, seed=0)
+    model.train(max_epochs=2, progress=False, accelerator="cpu")
+    a, b = model.train_perturbations[:2]
+    t, tr = D.targets(adata).astype(str).to_numpy(), (adata.obs["split"] == "train").to_numpy()
+    mean = lambda m: np.asarray(adata.X[np.flatnonzero(m)].mean(0), np.float64).ravel()
+    ctrl = model.anchor.control_mean_
+    additive = mean(tr & (t == a)) + mean(tr & (t == b)) - 2 * ctrl
+    p0 = model.predict([f"{a}+{b}"], n_cells=64, seed=0, interaction=0.0, clip=False)   # clipping moves near-0 genes
+    np.testing.assert_allclose(np.asarray(p0.X, np.float64).mean(0) - ctrl, additive, atol=2e-5)
+    p1 = model.predict([f"{a}+{b}"], n_cells=64, seed=0, clip=False)
+    assert not np.allclose(np.asarray(p1.X).mean(0), np.asarray(p0.X).mean(0), atol=1e-6)   # the interaction moves it
