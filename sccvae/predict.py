@@ -267,7 +267,7 @@ def _decoded_changes(self: PredictMixin, mod, u0, v, C, cols, lib=None) -> np.nd
     return np.stack(out)
 
 @patch
-def _combination_targets(self: PredictMixin, perts, labels, mod, u0, v, C, cols, lib=None, interaction: float = 1.0) -> np.ndarray:
+def _combination_targets(self: PredictMixin, perts, labels, mod, u0, v, C, cols, lib=None, interaction: float = 0.0) -> np.ndarray:
     """The mean change each combination of `perts` is recentred on (NaN rows for singles): Σ_k Δ̂_k (a seen gene's
     observed training change, the anchor's prediction for an unseen one) + the model's interaction m_combo − Σ_k m_k."""
     D = np.full((len(perts), self.adata.n_vars), np.nan)
@@ -302,7 +302,7 @@ def predict(self: PredictMixin,
             batch_size: int = 8192, # cells decoded at once
             decoding: str | None = None, # 'mean', 'sample' or 'counterfactual' (default: the model's)
             clip: bool = True, # set values below 0 to 0, keeping each gene's mean (`_clip_keep_mean`)
-            interaction: float = 1.0, # with the anchor: weight of the model's interaction in a combination's centre (0: additive of the best singles)
+            interaction: float = 0.0, # with the anchor: weight of the model's interaction in a combination's centre (0: additive of the best singles; see "Combinations")
            ) -> ad.AnnData:
     """Predicted cells (log-normalised expression) for each perturbation: AnnData with the training var_names,
     `obs[perturbation_key]` (and the canonical `obs['_scc_target']`), `obs['penetrance']`, provenance in

@@ -246,7 +246,7 @@ def test_pair_interaction_weight_is_checked(trained):
 
 
 def test_anchored_pair_is_centred_on_the_additive_guess_plus_the_interaction():
-    "Default model: a pair of seen genes is centred on Δ_A + Δ_B (their observed training changes) + w_int · interaction."
+    "Default model: a pair of seen genes is centred on Δ_A + Δ_B (their observed training changes); interaction=1 adds the model's."
     adata, unseen = tiny_fold()
     model = SCCVAE(adata, n_latent=8, n_hidden=32, n_label_components=8, seed=0)
     model.train(max_epochs=2, progress=False, accelerator="cpu")
@@ -257,5 +257,5 @@ def test_anchored_pair_is_centred_on_the_additive_guess_plus_the_interaction():
     additive = mean(tr & (t == a)) + mean(tr & (t == b)) - 2 * ctrl
     p0 = model.predict([f"{a}+{b}"], n_cells=64, seed=0, interaction=0.0, clip=False)   # clipping moves near-0 genes
     np.testing.assert_allclose(np.asarray(p0.X, np.float64).mean(0) - ctrl, additive, atol=2e-5)
-    p1 = model.predict([f"{a}+{b}"], n_cells=64, seed=0, clip=False)
+    p1 = model.predict([f"{a}+{b}"], n_cells=64, seed=0, clip=False, interaction=1.0)
     assert not np.allclose(np.asarray(p1.X).mean(0), np.asarray(p0.X).mean(0), atol=1e-6)   # the interaction moves it
