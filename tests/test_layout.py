@@ -1,6 +1,6 @@
 """The house rules of sccvae's layout (issue 12), checked on the generated package without importing it:
 no import circle between sccvae's modules, arrows pointing down (nothing in the core library imports the
-experiment wing or the CLI), no sibling import hidden inside a function, and no module over ~500 lines unless it
+experiment wing or the CLI), no sibling import hidden inside a function, and no module over 500 lines unless it
 is listed below with the reason it is one concept."""
 import ast
 from pathlib import Path
@@ -10,10 +10,7 @@ import pytest
 PKG = Path(__file__).resolve().parents[1] / "sccvae"
 SKIP = {"_modidx"}
 #: modules allowed over 500 lines, and why each is one concept
-LONG_MODULES = {
-    "sccvae.metrics": "the field's metrics share private tensor helpers (grouping, reference, truth set, score); "
-                      "a split would have to make them public",
-}
+LONG_MODULES: dict[str, str] = {}   # none today (metrics and the harness were split by concept)
 #: modules above the core library: the core (everything else) must not import them
 UPPER = ("sccvae.experiment", "sccvae.runner", "sccvae.benchmark", "sccvae.cli")
 #: thin re-export modules kept for one release (they import the wing by design)
@@ -110,4 +107,4 @@ def test_no_hidden_sibling_imports():
 def test_module_size(mod):
     n = len(MODS[mod].read_text().splitlines())
     if mod in LONG_MODULES: return
-    assert n <= 520, f"{mod} has {n} lines: split it by concept, or add it to LONG_MODULES with the reason it is one concept"
+    assert n <= 500, f"{mod} has {n} lines: split it by concept, or add it to LONG_MODULES with the reason it is one concept"

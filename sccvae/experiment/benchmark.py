@@ -22,165 +22,22 @@ from .. import metrics as M
 from ..baselines import Baseline, labels_for
 from ..model import SCCVAE
 from ..utils import md_table, write_csv, write_json, write_text
+from .scoring import *   # the harness's metrics (chapter 55_benchmark_scoring), re-exported
+from .scoring import _dense64, _drop_array
 from .benchmark_configs import (BENCHMARK_BASELINES, DEFAULT_BASELINES, LABEL_FREE_BASELINES, LINEAR_COMPONENTS,
                                                  BENCHMARK_CONFIGS, ORACLE_MODES, check_config, resolve_configs, resolve_baselines)
 
 _log = logging.getLogger("sccvae")
 
 # %% auto #0
-__all__ = ['BENCH_METRICS', 'COLUMN_SETS', 'pearson_delta', 'sd_ratio', 'PCSpace', 'discrimination', 'FoldReference',
-           'target_columns', 'score_cells', 'split_half', 'run_config', 'BenchmarkResult', 'benchmark_perturbations',
-           'benchmark']
+__all__ = ['run_config', 'BenchmarkResult', 'benchmark_perturbations', 'benchmark', 'BENCH_METRICS', 'COLUMN_SETS',
+           'pearson_delta', 'sd_ratio', 'PCSpace', 'discrimination', 'FoldReference', 'target_columns', 'score_cells',
+           'split_half']
 
-# %% ../../nbs/55_benchmark.ipynb #d390a9bc
-#: metric id: (label in tables, better)
-BENCH_METRICS = {
-    "pearson_delta": ("Pearson Δ", "higher"),
-    "pearson_delta_pert": ("Pearson Δ vs perturbed centroid", "higher"),
-    "edistance": ("E-distance (30 PCs)", "lower"),
-    "mmd2": ("MMD² (30 PCs)", "lower"),
-    "sd_ratio": ("sd ratio (1 best)", "closer to 1"),
-    "sd_ratio_expressed": ("sd ratio, genes in ≥ 10% of true cells", "closer to 1"),
-    "discrimination": ("Discrimination (L1)", "higher"),
-}
-#: `"all"` genes, or the target gene's own column removed
-COLUMN_SETS = ("all", "no_target")
-
-def _drop_array(drop, n):
-    d = np.full(n, -1, dtype=np.int64) if drop is None else np.asarray(drop, dtype=np.int64).reshape(-1)
-    if len(d) != n: raise ValueError(f"drop has {len(d)} entries for {n} rows; give one column index (or -1) per row.")
-    return d
-
-def pearson_delta(pred_mean, true_mean, reference, drop=None) -> np.ndarray:
-    "Per row: Pearson r over genes of (pred_mean − reference) with (true_mean − reference); `drop[i]` ≥ 0 leaves that column out of row i."
-    a = np.atleast_2d(np.asarray(pred_mean, np.float64)) - np.asarray(reference, np.float64)
-    b = np.atleast_2d(np.asarray(true_mean, np.float64)) - np.asarray(reference, np.float64)
-    W = np.ones_like(a)
-    d = _drop_array(drop, len(a)); i = np.flatnonzero(d >= 0)
-    W[i, d[i]] = 0.0
-    n = W.sum(1, keepdims=True)
-    a = a - (W * a).sum(1, keepdims=True) / n; b = b - (W * b).sum(1, keepdims=True) / n
-    den = np.sqrt((W * a * a).sum(1) * (W * b * b).sum(1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(den > 0, (W * a * b).sum(1) / np.where(den > 0, den, 1.0), np.nan)
-
-# %% ../../nbs/55_benchmark.ipynb #ba243785
-def sd_ratio(pred, truth, drop: int = -1, min_detected: float = 0.0) -> float:
-    """Median over genes of sd(pred cells) / sd(true cells) (ddof 1; genes with true sd 0 and column `drop` left out).
-    `min_detected` > 0 keeps only genes non-zero in at least that fraction of the true cells: on very sparse screens
-    (e.g. ~60 UMIs per cell) most genes have one or two non-zero true cells, a second sample of the same cells often
-    has none (sd 0), and the median is dragged below 1 even for real cells (the split-half ceiling)."""
-    truth = np.asarray(truth, np.float64)
-    sp_, st = np.asarray(pred, np.float64).std(0, ddof=1), truth.std(0, ddof=1)
-    ok = st > 0
-    if min_detected > 0: ok &= (truth != 0).mean(0) >= min_detected
-    if drop is not None and drop >= 0: ok[drop] = False
-    return float(np.median(sp_[ok] / st[ok])) if ok.any() else float("nan")
-
-# %% ../../nbs/55_benchmark.ipynb #3e19c2d9
-def _dense64(X) -> np.ndarray:
-    return np.asarray(X.toarray() if sp.issparse(X) else X, dtype=np.float64)
-
-class PCSpace:
-    "PCA space fit on training control cells (centred at their mean), with the MMD bandwidth σ; E-distance and MMD² in it."
-    def __init__(self, control, n_pcs: int = 30, max_fit_cells: int = 3000, seed: int = 0):
-        X = _dense64(control)
-        if X.shape[0] < 3: raise ValueError(f"PCSpace needs at least 3 control cells, got {X.shape[0]}.")
-        self.mean = X.mean(0)
-        fit = X if len(X) <= max_fit_cells else X[np.sort(np.random.default_rng([seed, 11]).choice(len(X), max_fit_cells, replace=False))]
-        k = int(min(n_pcs, fit.shape[0] - 1, fit.shape[1]))
-        # the algorithm of `sccvae.utils.pca_basis`, in float64: pca_basis computes in float32, and these 30 randomized
-        # PCs are not converged enough for that to leave the E-distance and MMD² unchanged (up to 20% apart)
-        with torch.random.fork_rng(devices=[]):                     # randomized SVD (torch), seeded: the same axes every run
-            torch.manual_seed(seed)
-            C = torch.from_numpy(fit - self.mean)
-            _, _, V = torch.svd_lowrank(C, q=min(k + 10, min(C.shape)), niter=4)
-        self.V = np.ascontiguousarray(V[:, :k].numpy())              # genes × k
-        self.n_pcs, self.n_controls = k, int(X.shape[0])
-        self.sigma = M.median_heuristic(self.project(fit), max_cells=1000, seed=seed)
-
-    def project(self, X, drop: int = -1) -> np.ndarray:
-        "Cells → PC scores (float64); `drop` ≥ 0: with that gene's column removed."
-        C = _dense64(X) - self.mean
-        Z = C @ self.V
-        if drop is not None and drop >= 0: Z -= np.outer(C[:, drop], self.V[drop])
-        return Z
-
-    def edistance(self, pred, truth, drop: int = -1) -> float:
-        "Unbiased E-distance between predicted and true cells in this space."
-        return M.edistance(self.project(pred, drop), self.project(truth, drop))
-
-    def mmd2(self, pred, truth, drop: int = -1) -> float:
-        "Unbiased Gaussian-kernel MMD² (σ of the training controls) between predicted and true cells in this space."
-        return M.mmd2_unbiased(self.project(pred, drop), self.project(truth, drop), self.sigma)
-
-    def __repr__(self): return f"PCSpace({self.n_pcs} PCs of {self.n_controls} controls, σ = {self.sigma:.3g})"
-
-# %% ../../nbs/55_benchmark.ipynb #1f49ee33
-def discrimination(pred_delta, true_delta, drop=None) -> np.ndarray:
-    """cell-eval's discrimination score per row i: 1 − rank / N, rank = number of true rows closer (L1) to predicted
-    row i than true row i (ties ½), N = number of true rows; `drop[i]` ≥ 0 leaves that column out for row i."""
-    P, T = np.atleast_2d(np.asarray(pred_delta, np.float64)), np.atleast_2d(np.asarray(true_delta, np.float64))
-    if P.shape != T.shape: raise ValueError(f"pred {P.shape} and true {T.shape} shifts must have the same shape (row i: perturbation i).")
-    N = len(T)
-    if N < 2: return np.full(N, np.nan)
-    frac = M.discrimination_score(P, T, exclude=_drop_array(drop, N)).cpu().numpy()   # rank / (N − 1)
-    return 1.0 - frac * (N - 1) / N
-
-# %% ../../nbs/55_benchmark.ipynb #b4e97514
-@dataclass
-class FoldReference:
-    "Everything a fold's scores are measured against: control mean, perturbed centroid, PC space, target columns."
-    control_mean: np.ndarray
-    centroid: np.ndarray
-    space: PCSpace
-    target_col: Mapping[str, int]
-
-    @classmethod
-    def from_adata(cls, adata, split_key: str = "split", n_pcs: int = 30, seed: int = 0) -> "FoldReference":
-        "From a registered, normalised AnnData with a split column: training controls and training perturbed cells."
-        t = scd.targets(adata).astype(object).to_numpy()
-        train = adata.obs[split_key].astype(str).to_numpy() == "train"
-        ctrl = train & (t == scd.CONTROL)
-        pert = train & pd.notna(t) & (t != scd.CONTROL)
-        if ctrl.sum() < 3 or not pert.any(): raise ValueError("the fold needs training controls (>= 3) and training perturbed cells.")
-        Xc = _dense64(adata.X[np.flatnonzero(ctrl)])
-        cen = np.asarray(adata.X[np.flatnonzero(pert)].mean(0), dtype=np.float64).ravel()
-        return cls(Xc.mean(0), cen, PCSpace(Xc, n_pcs=n_pcs, seed=seed), target_columns(adata))
-
-def target_columns(adata) -> dict[str, int]:
-    "Column of each gene symbol (first occurrence), i.e. of each perturbation whose target is a measured gene."
-    sym = pd.Index(scd.gene_symbols(adata)).astype(str)
-    return {s: i for i, s in reversed(list(enumerate(sym)))}
-
-def score_cells(pred: Mapping[str, np.ndarray], truth: Mapping[str, np.ndarray], ref: FoldReference):
-    """Long table (perturbation, metric, column_set, value) of every metric but discrimination, and the predicted and
-    true means (DataFrames, perturbations × genes) for it."""
-    perts = [p for p in truth if p in pred]
-    miss = [p for p in truth if p not in pred]
-    if miss: raise KeyError(f"no prediction for {miss[:5]}; every held-out perturbation must be predicted.")
-    pm = np.stack([np.asarray(pred[p], np.float64).mean(0) for p in perts])
-    tm = np.stack([np.asarray(truth[p], np.float64).mean(0) for p in perts])
-    drop = np.array([ref.target_col.get(p, -1) for p in perts])
-    rows = []
-    for cs, d in (("all", np.full(len(perts), -1)), ("no_target", drop)):
-        vals = {"pearson_delta": pearson_delta(pm, tm, ref.control_mean, d),
-                "pearson_delta_pert": pearson_delta(pm, tm, ref.centroid, d),
-                "edistance": [ref.space.edistance(pred[p], truth[p], int(j)) for p, j in zip(perts, d)],
-                "mmd2": [ref.space.mmd2(pred[p], truth[p], int(j)) for p, j in zip(perts, d)],
-                "sd_ratio": [sd_ratio(pred[p], truth[p], int(j)) for p, j in zip(perts, d)],
-                "sd_ratio_expressed": [sd_ratio(pred[p], truth[p], int(j), 0.1) for p, j in zip(perts, d)]}
-        for m, v in vals.items():
-            rows.append(pd.DataFrame({"perturbation": perts, "metric": m, "column_set": cs, "value": np.asarray(v, np.float64)}))
-    return pd.concat(rows, ignore_index=True), pd.DataFrame(pm, index=perts), pd.DataFrame(tm, index=perts)
-
-# %% ../../nbs/55_benchmark.ipynb #4837d1b0
-def split_half(cells, seed) -> tuple[np.ndarray, np.ndarray]:
-    "Two disjoint random halves (A, B) of the rows of `cells` (seeded); B gets the extra cell of an odd count."
-    cells = np.asarray(cells)
-    perm = np.random.default_rng(seed).permutation(len(cells))
-    h = len(cells) // 2
-    return cells[np.sort(perm[:h])], cells[np.sort(perm[h:])]
+# %% ../../nbs/55_benchmark.ipynb #15074997
+#: the harness's metrics live in `sccvae.experiment.scoring`; listed here too, as they always were
+_all_ = ['BENCH_METRICS', 'COLUMN_SETS', 'pearson_delta', 'sd_ratio', 'PCSpace', 'discrimination', 'FoldReference',
+         'target_columns', 'score_cells', 'split_half']
 
 # %% ../../nbs/55_benchmark.ipynb #7566183d
 def _rows_of(adata, idx) -> np.ndarray:
