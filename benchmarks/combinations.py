@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 
-def run_seed(size, seed, n_pairs, holdout_frac, n_cells, max_epochs, quiet=True):
+def run_seed(size, seed, n_pairs, holdout_frac, holdout_pairs, n_cells, max_epochs, quiet=True):
     import torch
     import sccvae
     from sccvae import data as scd
@@ -36,16 +36,15 @@ def run_seed(size, seed, n_pairs, holdout_frac, n_cells, max_epochs, quiet=True)
     a = simulate_screen(size, seed=seed, n_pairs=n_pairs)
     truth = a.uns["sccvae_truth"]
     sccvae.SCCVAE.setup_anndata(a, perturbation_key="gene", control_group="non-targeting")
+    man = scd.combination_manifest(a, holdout_singles=holdout_frac, holdout_pairs=holdout_pairs, seed=seed)
+    scd.apply_split(a, man, "pairs")
     t = scd.targets(a).astype(str).to_numpy()
+    test_t = set(t[(a.obs["split"] == "test").to_numpy()])
     singles = sorted({p for p in t if p != scd.CONTROL and "+" not in p and p != "nan"})
-    pairs = sorted({p for p in t if "+" in p})
-    rng = np.random.default_rng([seed, 14])
-    held = set(rng.choice(singles, int(round(holdout_frac * len(singles))), replace=False))
-    split = np.where(np.isin(t, list(held)) | np.char.find(t.astype(str), "+").__ge__(0), "test", "train").astype(object)
-    val = (split == "train") & (rng.random(a.n_obs) < 0.15)
-    split[val] = "val"
-    a.obs["split"] = pd.Categorical(split, categories=["train", "val", "test"])
-    reg = scd.get_registry(a); reg["split_key"] = "split"; a.uns[scd.REGISTRY_KEY] = reg
+    held = {p for p in singles if p in test_t}
+    pairs = sorted(p for p in test_t if "+" in p)                 # the held-out pairs are scored
+    n_train_pairs = len({p for p in t if "+" in p} - test_t)
+    rng = np.random.default_rng([seed, 15])
     seen = [p for p in singles if p not in held]
 
     t0 = time.perf_counter()
@@ -103,7 +102,7 @@ def run_seed(size, seed, n_pairs, holdout_frac, n_cells, max_epochs, quiet=True)
         inter.append(pd.DataFrame({"pair": pairs, "method": name, "pair_class": cls.to_numpy(), "seed": seed,
                                    "interaction_r": r, "chance_r": chance,
                                    "true_dev_norm": np.linalg.norm(dev_true, axis=1)}))
-    return pd.concat(rows, ignore_index=True), pd.concat(inter, ignore_index=True), secs
+    return pd.concat(rows, ignore_index=True), pd.concat(inter, ignore_index=True), secs, n_train_pairs
 
 
 def main(argv=None):
@@ -111,7 +110,9 @@ def main(argv=None):
     ap.add_argument("--size", default="small")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--n-pairs", type=int, default=60)
-    ap.add_argument("--holdout-frac", type=float, default=0.25)
+    ap.add_argument("--holdout-frac", type=float, default=0.25, help="share of the singles held out")
+    ap.add_argument("--holdout-pairs", type=float, default=0.5,
+                    help="share of the pairs of training genes held out (1: every pair held out, singles-only training)")
     ap.add_argument("--n-cells", type=int, default=100)
     ap.add_argument("--max-epochs", type=int, default=None, help="default: the default train preset's")
     ap.add_argument("--out", default="runs/combinations")
@@ -121,16 +122,17 @@ def main(argv=None):
     from sccvae.utils import md_table, write_csv
     scores, inter, times = [], [], []
     for s in a.seeds:
-        sc, it, secs = run_seed(a.size, s, a.n_pairs, a.holdout_frac, a.n_cells, a.max_epochs)
+        sc, it, secs, ntp = run_seed(a.size, s, a.n_pairs, a.holdout_frac, a.holdout_pairs, a.n_cells, a.max_epochs)
         scores.append(sc); inter.append(it); times.append(secs)
-        print(f"seed {s}: trained in {secs:.0f} s", file=sys.stderr)
+        print(f"seed {s}: {ntp} pairs trained; trained in {secs:.0f} s", file=sys.stderr)
     sc, it = pd.concat(scores, ignore_index=True), pd.concat(inter, ignore_index=True)
     out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "pair_scores.csv", sc, index=False); write_csv(out / "pair_interactions.csv", it, index=False)
     keep = sc[sc.metric.isin(["pearson_delta", "edistance"])]
     tab = keep.groupby(["metric", "pair_class", "method"], observed=True).value.agg(["mean", "count"]).unstack("method")
     allp = keep.groupby(["metric", "method"]).value.mean().unstack("method")
-    print(f"## Held-out pairs: {a.size} screen, seeds {a.seeds}, {a.n_pairs} pairs per seed\n")
+    print(f"## Held-out pairs: {a.size} screen, seeds {a.seeds}, {a.n_pairs} pairs per seed, "
+          f"holdout_singles {a.holdout_frac}, holdout_pairs {a.holdout_pairs}\n")
     print("### All pairs (mean over pairs)\n"); print(md_table(allp)); print()
     print("### By seen-singles class (mean; count = pairs)\n"); print(md_table(tab)); print()
     itab = it.groupby("method").agg(interaction_r=("interaction_r", "mean"), chance_r=("chance_r", "mean"),

@@ -20,9 +20,9 @@ from .experiment.prepare import check_h5ad, prepare
 from .experiment.fold import run_fold
 from .experiment.report import report
 from .experiment.launch import run_many, parse_folds, run_demo
-from .experiment.benchmark import benchmark
+from .experiment.benchmark import benchmark, PAIR_BASELINES
 from .synthetic import simulate_screen
-from .experiment.benchmark_configs import BENCHMARK_CONFIGS, BENCHMARK_BASELINES
+from .experiment.benchmark_configs import BENCHMARK_CONFIGS, BENCHMARK_BASELINES, DEFAULT_BASELINES
 
 # %% auto #0
 __all__ = ['fold_kwargs', 'build_parser', 'main']
@@ -119,6 +119,8 @@ def _add_benchmark_parser(sub):
     g.add_argument("--gene-symbol-key", default=None, help="var column with gene symbols when var_names are ids "
                    "(default: var['gene_name'] for Ensembl ids; 'none': var_names are the symbols)")
     g.add_argument("--synthetic-size", default="tiny", help="preset of the simulated screen when --data is absent")
+    g.add_argument("--combination-delimiter", default=None,
+                   help="besides '+', the character between a combination's genes in the labels ('_', ',' or '|')")
     g = b.add_argument_group("comparison")
     g.add_argument("--configs", default="sccvae_default",
                    help="comma-separated SCCVAE configurations (names of sccvae.experiment.benchmark_configs.BENCHMARK_CONFIGS: sccvae_paper, "
@@ -126,7 +128,13 @@ def _add_benchmark_parser(sub):
                         "'' or none for baselines only (default sccvae_default: SCCVAE(adata) as users get it)")
     g.add_argument("--baselines", default="all",
                    help="comma-separated baselines (names of sccvae.experiment.benchmark_configs.BENCHMARK_BASELINES: control, perturbed_mean, "
-                        "perturbed_mean_on_target, linear, nearest_1, nearest_3, ceiling); 'all' (default) or '' / none")
+                        "perturbed_mean_on_target, linear, nearest_1, nearest_3, anchor, ceiling, additive); 'all' (default: "
+                        "every one but additive; with --pairs those that predict pairs) or '' / none")
+    g.add_argument("--pairs", action="store_true",
+                   help="held-out combinations instead of folds (sccvae.data.combination_manifest): singles and pairs held "
+                        "out, the model trains on the other pairs; a table by seen-singles class. Without --data: a "
+                        "simulated screen with --n-pairs pairs")
+    g.add_argument("--n-pairs", type=int, default=40, help="pairs of the simulated screen with --pairs (default 40)")
     g.add_argument("--n-folds", type=int, default=5, help="folds over perturbations (default 5)")
     g.add_argument("--seed", type=int, default=0, help="seed of folds, models, predictions and truth subsampling (default 0)")
     g.add_argument("--n-eval-cells", type=int, default=300, help="cap on true (and predicted) cells per perturbation (default 300)")
@@ -277,7 +285,8 @@ def _symbol_key(s):
 def _cmd_benchmark(a):
     import anndata as ad
     if a.threads: torch.set_num_threads(a.threads)
-    bls = list(BENCHMARK_BASELINES) if a.baselines.strip().lower() == "all" else _names(a.baselines)
+    every = PAIR_BASELINES if a.pairs else DEFAULT_BASELINES
+    bls = list(every) if a.baselines.strip().lower() == "all" else _names(a.baselines)
     bad = [x for x in bls if x not in BENCHMARK_BASELINES]
     if bad: raise SystemExit(f"sccvae benchmark: unknown baselines {bad}; use some of {','.join(BENCHMARK_BASELINES)}.")
     cfgs = _bench_configs(a.configs)
@@ -287,17 +296,19 @@ def _cmd_benchmark(a):
         name = Path(a.data).name.split(".")[0]
         key, ctrl = a.perturbation_key, a.control_group
     else:
-        adata, name = simulate_screen(a.synthetic_size, seed=a.seed), "synthetic"
+        adata = simulate_screen(a.synthetic_size, seed=a.seed, **({"n_pairs": a.n_pairs} if a.pairs else {}))
+        name = "synthetic_pairs" if a.pairs else "synthetic"
         key, ctrl = "gene", "non-targeting"
     scd.setup_anndata(adata, perturbation_key=key, control_group=ctrl, exclude=_names(a.exclude) or None,
-                      gene_symbol_key=_symbol_key(a.gene_symbol_key))
+                      gene_symbol_key=_symbol_key(a.gene_symbol_key), combination_delimiter=a.combination_delimiter)
     scd.normalize(adata)
     out = Path(a.out) if a.out else Path("runs") / "benchmark" / name
     t0 = time.perf_counter()
     res = benchmark(adata, configs=cfgs, baselines=bls, n_folds=a.n_folds, seed=a.seed, n_eval_cells=a.n_eval_cells,
                     min_cells=a.min_cells, max_epochs=a.max_epochs, accelerator=a.accelerator, workers=a.workers,
-                    out_dir=out, name=name)
+                    out_dir=out, name=name, pairs=a.pairs)
     print(res.to_markdown())
+    if a.pairs: print("\n" + md_table(res.pair_summary()))
     print(f"\nresults: {out}\nwall time: {time.perf_counter() - t0:.0f} s")
     return 0
 

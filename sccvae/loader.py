@@ -13,7 +13,7 @@ import scipy.sparse as sp
 import anndata as ad
 from fastcore.basics import patch
 
-from .data import get_registry, targets, target_columns, check_split_column, check_values, CONTROL, _SPLITS
+from .data import get_registry, targets, target_columns, check_split_column, check_values, CONTROL, _SPLITS, combination_parts
 from .utils import get_device
 
 _log = logging.getLogger("sccvae")
@@ -43,10 +43,12 @@ class PerturbationData:
         self.n_genes = adata.n_vars
         t = targets(adata).astype(object).to_numpy()
         lut = {p: i for i, p in enumerate(self.perturbations)}; lut[CONTROL] = -1
+        self._combinations(t, lut)
         codes = np.array([lut.get(x, -2) if isinstance(x, str) else -2 for x in t], dtype=np.int64)
         self.codes = torch.from_numpy(codes)
         unl = sorted(set(x for x, c in zip(t, codes) if c == -2 and isinstance(x, str)))
-        if unl: _log.info("%d perturbations have cells but no label and are not used: %s", len(unl), unl[:5])
+        if unl: _log.info("%d perturbations have cells but no label (a combination: a gene without one) and are not "
+                          "used: %s", len(unl), unl[:5])
         if split_key is not None and split_key not in adata.obs:
             raise KeyError(f"split_key={split_key!r} is not in adata.obs; call `apply_split(adata, manifest, fold)` first "
                            "or pass split_key=None to use every cell for training.")
@@ -54,6 +56,36 @@ class PerturbationData:
         self.split = (adata.obs[split_key].astype(str).to_numpy() if split_key is not None
                       else np.full(adata.n_obs, "train", dtype=object))
         self._hold(adata, reg, counts_layer, on_device)
+
+# %% ../nbs/03_loader.ipynb #d6b65377
+@patch
+def _combinations(self: PerturbationData, t, lut):
+    """Codes P + q for the combinations (`A+B`) whose genes all have a label (added to `lut`), and their genes' label
+    rows (Q × K, padding −1): what training on pairs uses (`gene_codes`)."""
+    import torch
+    P, combos = len(self.perturbations), []
+    for x in pd.unique(pd.Series(t, dtype=object).dropna()):
+        parts = combination_parts(str(x))
+        if len(parts) > 1 and all(lut.get(g, -1) >= 0 for g in parts): combos.append(str(x))
+    self.combinations = sorted(combos)
+    K = max([2] + [len(combination_parts(x)) for x in self.combinations])
+    rows = [[lut[g] for g in combination_parts(x)] for x in self.combinations]
+    self.combination_parts = torch.tensor([r + [-1] * (K - len(r)) for r in rows] or np.zeros((0, K)), dtype=torch.long)
+    lut.update({x: P + q for q, x in enumerate(self.combinations)})
+
+@patch
+def gene_codes(self: PerturbationData, codes):
+    """The genes' label rows of each cell code (B × K, −1: none): `[code, −1, …]` for a single, its genes for a
+    combination (code ≥ P), all −1 for a control; B × 1 when the data hold no trainable combination."""
+    import torch
+    codes = torch.as_tensor(codes)
+    P, K = len(self.perturbations), (self.combination_parts.shape[1] if self.combinations else 1)
+    out = torch.full((len(codes), K), -1, dtype=torch.long)
+    single = codes < P
+    out[single, 0] = codes[single].clamp(min=-1)
+    if self.combinations and bool((~single).any()): out[~single] = self.combination_parts[codes[~single] - P]
+    return out
+
 
 # %% ../nbs/03_loader.ipynb #42a96ff2
 @patch
@@ -127,14 +159,16 @@ def count_rows(self: PerturbationData, idx):
 
 # %% ../nbs/03_loader.ipynb #6da6ec4d
 @patch
-def indices(self: PerturbationData, split: str | None = "train", perturbation: str | None = None, controls: bool = False):
-    "Cell indices (LongTensor, host) of `split` (None: all): perturbed cells with a label, plus controls if asked."
+def indices(self: PerturbationData, split: str | None = "train", perturbation: str | None = None, controls: bool = False,
+            combinations: bool = False):
+    """Cell indices (LongTensor, host) of `split` (None: all): cells of labelled single perturbations, plus controls
+    and the cells of trainable combinations (`combinations`) if asked."""
     import torch
-    c = self.codes.numpy()
-    m = (c >= 0) | ((c == -1) & controls)
+    c, P = self.codes.numpy(), len(self.perturbations)
+    if perturbation is None: m = ((c >= 0) & (c < P)) | ((c == -1) & controls) | ((c >= P) & combinations)
+    elif perturbation in self.combinations: m = c == P + self.combinations.index(perturbation)
+    else: m = c == (self.perturbations.index(perturbation) if perturbation != CONTROL else -1)
     if split is not None: m &= self.split == split
-    if perturbation is not None:
-        m &= c == (self.perturbations.index(perturbation) if perturbation != CONTROL else -1)
     return torch.from_numpy(np.flatnonzero(m))
 
 @patch

@@ -135,7 +135,7 @@ def _train_perturbations(adata, labels, split_key, given) -> list[str]:
         t = scd.targets(adata).astype(object)
         ok = t.notna().to_numpy() & (t != scd.CONTROL).to_numpy()
         if split_key is not None: ok &= adata.obs[split_key].astype(str).to_numpy() == "train"
-        present = sorted(set(t[ok].astype(str)))
+        present = sorted(p for p in set(t[ok].astype(str)) if scd.COMBINATION not in p)   # pairs: `gene_codes`
         missing = [p for p in present if p not in labels.index]
         if missing:
             _log.warning("%d training perturbations have no label (target not a measured gene?) and are not "

@@ -218,9 +218,14 @@ def decode(self: SCCVAEModule, u):
 
 @patch
 def add_on_target(self: SCCVAEModule, h, c, cols):
-    "Decoder output `h` (rows) with c·κ added at each row's target column `cols` (-1: none); no-op without `on_target`."
+    """Decoder output `h` (rows) with c·κ added at each row's target column `cols` (-1: none); no-op without
+    `on_target`. B x K `c` and `cols`: the K genes of each row's combination, each at its own column."""
     if not self.on_target or cols is None: return h
     cols = torch.as_tensor(cols, device=h.device)
+    if cols.dim() == 2:
+        c = torch.as_tensor(c, device=h.device)
+        for k in range(cols.shape[1]): h = self.add_on_target(h, c[:, k], cols[:, k])
+        return h
     ok = cols >= 0
     if not bool(ok.any()): return h
     rows = torch.arange(h.shape[0], device=h.device)[ok]
@@ -276,12 +281,14 @@ def forward(self: SCCVAEModule, x, labels, c, *, index=None, generator=None, noi
     `labels`: B x d, or G x d with `index` (B,) mapping rows to label rows (computes S once per perturbation).
     `c`: (B,) penetrance per row. `reconstruct=False` skips the control branch (prediction only).
     `target_cols`: per row, the column of its perturbed gene (-1: none), for the on-target term.
-    Returns mu, var, z, shift (B x n), u, y_hat and, with `reconstruct`, u0 and x_hat."""
+    A combination of K genes: `index`, `c` and `target_cols` are B x K (padding c = 0, column -1) and
+    e = z + Σ_k c_k S_k. Returns mu, var, z, shift (B x n, or B x K x n), u, y_hat and, with `reconstruct`, u0 and x_hat."""
     mu, var = self.encode(x)
     z = self.sample_z(mu.float(), var, generator=generator, noise=noise) if sample else mu.float()
     S = self.shift(labels)
     if index is not None: S = S[index]
-    e = z + c.float()[:, None] * S
+    c = c.float()
+    e = z + ((c[..., None] * S).sum(1) if S.dim() == 3 else c[:, None] * S)
     B = x.shape[0]
     if reconstruct:
         U = self.scm(torch.cat([e, z]))

@@ -25,7 +25,7 @@ _log = logging.getLogger("sccvae")
 # %% auto #0
 __all__ = ['METHOD_COLORS', 'method_colors', 'metric_label', 'save_figure', 'metric_boxplot', 'ablation_boxplot', 'embed_2d',
            'cells_umap', 'distance_scatter', 'penetrance_figure', 'module_of', 'embedding_umap', 'filter_bars',
-           'training_curves']
+           'training_curves', 'effects_heatmap', 'effects_network']
 
 # %% ../nbs/60_plotting.ipynb #a3e8678b
 METHOD_COLORS = {
@@ -414,5 +414,64 @@ def training_curves(history: pd.DataFrame, parts: Sequence[str] | None = None) -
         ax.set_title(p, fontsize=9); ax.set_xlabel("epoch", fontsize=8); ax.tick_params(labelsize=7); ax.grid(alpha=0.3)
     axes.flat[0].legend(fontsize=7, frameon=False)
     for ax in axes.flat[len(parts):]: ax.set_visible(False)
+    fig.tight_layout()
+    return fig
+
+# %% ../nbs/60_plotting.ipynb #2f037fe4
+def _top_genes(E: pd.DataFrame, n: int, axis: int) -> list:
+    "The n labels of E's rows (axis 1 sums) or columns (axis 0) with the largest total |E|, in E's order."
+    s = E.abs().sum(axis=axis)
+    keep = set(s.sort_values(ascending=False, kind="stable").index[:n])
+    return [g for g in s.index if g in keep]
+
+def effects_heatmap(E: pd.DataFrame, # effects, perturbed (rows) × affected (columns), e.g. `model.total_effects()`
+                    *, max_genes: int = 40, # rows and columns kept: the largest total |E|
+                    diagonal: bool = True, # False blanks each gene's effect on itself (the on-target knockdown)
+                    quantile: float = 0.99, # the colour scale ends at this quantile of |E|
+                    title: str | None = None) -> Figure:
+    "A diverging heatmap of the strongest rows and columns of a gene × gene effect table."
+    if not isinstance(E, pd.DataFrame) or E.empty: raise ValueError("pass a non-empty gene × gene DataFrame of effects.")
+    rows, cols = _top_genes(E, max_genes, 1), _top_genes(E, max_genes, 0)
+    M = E.loc[rows, cols].to_numpy(np.float64).copy()
+    if not diagonal:
+        for i, g in enumerate(rows):
+            if g in cols: M[i, cols.index(g)] = np.nan
+    v = float(np.nanquantile(np.abs(M), quantile)) if np.isfinite(M).any() else 1.0
+    fig, axes = _new(w=max(3.5, 0.16 * len(cols) + 1.6), h=max(3.0, 0.16 * len(rows) + 1.0))
+    ax = axes[0, 0]
+    im = ax.imshow(M, cmap="RdBu_r", vmin=-(v or 1.0), vmax=v or 1.0, aspect="auto", interpolation="nearest")
+    for lab, n, setter in ((cols, len(cols), ax.set_xticks), (rows, len(rows), ax.set_yticks)):
+        setter(range(n), [str(g) for g in lab] if n <= 60 else [], fontsize=6)
+    ax.tick_params(axis="x", rotation=90)
+    ax.set_xlabel(E.columns.name or "affected gene", fontsize=8); ax.set_ylabel(E.index.name or "perturbed gene", fontsize=8)
+    fig.colorbar(im, ax=ax, shrink=0.8).ax.tick_params(labelsize=7)
+    if title: ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+# %% ../nbs/60_plotting.ipynb #b414cae8
+def effects_network(B: pd.DataFrame, # direct effects, from (rows) × to (columns), e.g. `model.direct_effects()`
+                    *, n_edges: int = 40, # the strongest |B| edges drawn
+                    title: str | None = None) -> Figure:
+    "The strongest edges of a direct-effect table as arrows between genes on a circle (red +, blue −, width ∝ |B|)."
+    if not isinstance(B, pd.DataFrame) or B.empty: raise ValueError("pass a non-empty gene × gene DataFrame of direct effects.")
+    s = B.stack()
+    s = s[[str(a) != str(b) for a, b in s.index] & np.isfinite(s.to_numpy()) & (s.to_numpy() != 0)]
+    if s.empty: raise ValueError("the table has no non-zero off-diagonal effect to draw.")
+    s = s.reindex(s.abs().sort_values(ascending=False, kind="stable").index[:n_edges])
+    nodes = list(dict.fromkeys([a for a, _ in s.index] + [b for _, b in s.index]))
+    ang = 2 * np.pi * np.arange(len(nodes)) / len(nodes)
+    pos = {g: (np.cos(t), np.sin(t)) for g, t in zip(nodes, ang)}
+    fig, axes = _new(w=4.6, h=4.6)
+    ax = axes[0, 0]
+    wmax = float(s.abs().max())
+    for (a, b), w in s.items():
+        ax.annotate("", xy=pos[b], xytext=pos[a], arrowprops=dict(arrowstyle="-|>", color="#c0392b" if w > 0 else "#2e6db4",
+                    lw=0.4 + 2.6 * abs(w) / wmax, alpha=0.8, shrinkA=7, shrinkB=7, connectionstyle="arc3,rad=0.12"))
+    for g, (x, y) in pos.items():
+        ax.plot(x, y, "o", ms=5, color="#444444")
+        ax.text(1.12 * x, 1.12 * y, str(g), fontsize=6, ha="center", va="center")
+    ax.set_xlim(-1.35, 1.35); ax.set_ylim(-1.35, 1.35); ax.set_aspect("equal"); ax.axis("off")
+    ax.set_title(title or f"strongest {len(s)} direct effects", fontsize=9)
     fig.tight_layout()
     return fig

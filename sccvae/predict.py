@@ -268,10 +268,12 @@ def _decoded_changes(self: PredictMixin, mod, u0, v, C, cols, lib=None) -> np.nd
 
 @patch
 def _combination_targets(self: PredictMixin, perts, labels, mod, u0, v, C, cols, lib=None, interaction: float = 0.0) -> np.ndarray:
-    """The mean change each combination of `perts` is recentred on (NaN rows for singles): Σ_k Δ̂_k (a seen gene's
-    observed training change, the anchor's prediction for an unseen one) + the model's interaction m_combo − Σ_k m_k."""
+    """The mean change each combination of `perts` is recentred on (NaN rows for singles and for combinations with
+    training cells, which are the model's own like seen singles): Σ_k Δ̂_k (a seen gene's observed training change, the
+    anchor's prediction for an unseen one) + the model's interaction m_combo − Σ_k m_k."""
     D = np.full((len(perts), self.adata.n_vars), np.nan)
-    combo = [i for i, p in enumerate(perts) if len(scd.combination_parts(p)) > 1]
+    trained = self.trained_combinations()
+    combo = [i for i, p in enumerate(perts) if len(scd.combination_parts(p)) > 1 and p not in trained]
     if not combo or self.anchor is None: return D
     genes = list(dict.fromkeys(g for i in combo for g in scd.combination_parts(perts[i])))
     seen = {p: j for j, p in enumerate(self.train_perturbations)}
@@ -288,6 +290,15 @@ def _combination_targets(self: PredictMixin, perts, labels, mod, u0, v, C, cols,
         ks = [at[g] for g in scd.combination_parts(perts[i])]
         D[i] = best[ks].sum(0) + float(interaction) * (m_combo[r] - m_single[ks].sum(0))
     return D
+
+# %% ../nbs/42_predict.ipynb #6d75856b
+@patch
+def trained_combinations(self: PredictMixin) -> list[str]:
+    "The combinations (`A+B`) the model trained on: those with training cells whose genes are all training perturbations."
+    data = self.data_view()
+    P = len(data.perturbations)
+    codes = data.codes[data.indices("train", combinations=True)]
+    return [data.combinations[c - P] for c in sorted(set(codes[codes >= P].tolist()))]
 
 # %% ../nbs/42_predict.ipynb #7fb12d40
 @patch

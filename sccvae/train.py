@@ -186,10 +186,10 @@ class Trainer:
                              "training split (check the split column / manifest), or train with preset='paper' (or "
                              "standardize_labels=False).")
         self.pool = data.controls(train_split).to(self.device)
-        tr = data.indices(train_split, controls=True)
+        tr = data.indices(train_split, controls=True, combinations=True)   # pairs train too (`gene_codes`)
         self.sampler = PerturbationBatchSampler(data.codes, tr, batch_size=cfg.batch_size, pack=cfg.pack,
                                                 shuffle=True, seed=cfg.seed)
-        va = data.indices(val_split, controls=True) if val_split else torch.empty(0, dtype=torch.long)
+        va = data.indices(val_split, controls=True, combinations=True) if val_split else torch.empty(0, dtype=torch.long)
         self.val_sampler = (PerturbationBatchSampler(data.codes, va, batch_size=cfg.batch_size, pack=cfg.pack,
                                                      shuffle=False, seed=cfg.seed) if len(va) else None)
         self._n_cells = dict(train=int(len(tr)), val=int(len(va)))
@@ -277,14 +277,17 @@ def _init_decoder(self: Trainer):
 @patch
 def _batch(self: Trainer, idx, generator):
     codes = self.data.codes[idx]
-    uniq, inv, layout = batch_groups(codes)
+    _, _, layout = batch_groups(codes)            # MMD groups: one per perturbation or combination
+    G = self.data.gene_codes(codes)               # each row's genes (B x K; a combination has K >= 2)
+    if G.shape[1] == 1: G = G[:, 0]
+    uniq, inv = torch.unique(G, return_inverse=True)
     labels_g = self.labels0[uniq.to(self.device)]  # code -1 -> the last (zero) row
     index = inv.to(self.device)
-    c = self.module.penetrance_of(codes.to(self.device))
+    c = self.module.penetrance_of(G.to(self.device))
     pick = torch.randint(len(self.pool), (len(idx),), generator=generator, device=self.device)
     extra = {}
     if getattr(self.module, "on_target", False):
-        extra["target_cols"] = torch.where(codes >= 0, self.data.target_cols[codes.clamp(min=0)], -1).to(self.device)
+        extra["target_cols"] = torch.where(G >= 0, self.data.target_cols[G.clamp(min=0)], -1).to(self.device)
     if self.counts:
         yc, xc = self.data.count_rows(idx), self.data.count_rows(self.pool[pick])
         y = torch.log1p(yc * (self.data.target_sum / yc.sum(1, keepdim=True).clamp_min(1.0)))

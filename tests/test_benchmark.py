@@ -11,7 +11,7 @@ from sccvae import data as scd
 from sccvae import metrics as M
 from sccvae.baselines import ControlBaseline, PerturbedMeanBaseline, PerturbedMeanOnTargetBaseline
 from sccvae.experiment.benchmark import PCSpace, benchmark, discrimination, pearson_delta, sd_ratio, split_half
-from sccvae.experiment.benchmark_configs import BENCHMARK_BASELINES, BENCHMARK_CONFIGS, check_config, resolve_configs
+from sccvae.experiment.benchmark_configs import BENCHMARK_BASELINES, BENCHMARK_CONFIGS, DEFAULT_BASELINES, check_config, resolve_configs
 from sccvae.synthetic import simulate_screen
 
 torch.set_num_threads(1)
@@ -173,7 +173,7 @@ def test_predictions_get_the_true_cell_count(screen):
 def test_harness_tables_and_sanity(result, tmp_path):
     df = result.per_perturbation
     assert list(df.columns) == ["fold", "method", "perturbation", "metric", "column_set", "value"]
-    assert set(df.method) == set(BENCHMARK_BASELINES) | {"sccvae_tiny"}
+    assert set(df.method) == set(DEFAULT_BASELINES) | {"sccvae_tiny"}
     assert set(df.metric) == {"pearson_delta", "pearson_delta_pert", "edistance", "mmd2", "sd_ratio", "sd_ratio_expressed", "discrimination"}
     # every perturbation scored exactly once per method, metric and column set, in exactly one fold
     assert (df.groupby(["method", "metric", "column_set", "perturbation"]).size() == 1).all()
@@ -245,3 +245,27 @@ def test_old_import_path_reexports_every_name():
     for n in old.__all__:
         assert getattr(old, n) is getattr(new, n, getattr(menu, n, None)), n
     assert old.benchmark is benchmark and old.BENCHMARK_CONFIGS is BENCHMARK_CONFIGS
+
+
+# ---------------------------------------------------------------- held-out combinations
+def test_harness_pairs_mode(tmp_path):
+    "pairs=True: one split of singles and pairs, the pair baselines, a table by seen-singles class in report.md."
+    from sccvae.experiment.benchmark import PAIR_BASELINES, held_out
+    from sccvae.synthetic import simulate_screen
+    a = simulate_screen("tiny", seed=1, n_pairs=16, pair_cells=(24, 32))
+    scd.setup_anndata(a, perturbation_key="gene", control_group="non-targeting"); scd.normalize(a)
+    tiny = {"sccvae_tiny": {"model": dict(n_latent=6, n_hidden=16), "train": dict(preset="fast", max_epochs=1, accelerator="cpu"),
+                            "shift": {"mode": "prior"}}}
+    res = benchmark(a, configs=tiny, pairs=True, seed=0, out_dir=tmp_path)
+    assert res.methods == list(PAIR_BASELINES) + ["sccvae_tiny"]
+    held = held_out(res.manifest, "pairs")
+    df = res.per_perturbation
+    assert sorted(df.perturbation.unique()) == held and (df.groupby(["method", "metric", "column_set", "perturbation"]).size() == 1).all()
+    nu = res.settings["pair_unseen_genes"]
+    assert {p for p in held if "+" in p} <= set(nu) and all(nu[p] > 0 for p in held if "+" in p and p.split("+")[0] in held)
+    tab = res.pair_summary()
+    assert set(tab.columns) == set(res.methods) and tab.notna().all().all()
+    assert "by seen-singles class" in (tmp_path / "report.md").read_text()
+    assert "benchmark_split" not in a.obs                                 # the harness cleans its split up
+    with pytest.raises(ValueError, match="cannot predict combinations"):
+        benchmark(a, configs=(), baselines=["nearest_1"], pairs=True)

@@ -82,3 +82,67 @@ def test_true_additive_errs_by_exactly_the_true_interaction():
     e = pair_errors(t["pair_additive"], pd.DataFrame(t["pair_effect"], index=t["pair_names"]), t["perturbations"])
     assert (e["pair_class"] == "both seen").all()
     np.testing.assert_allclose(e["rmse"] * np.sqrt(te.shape[1]), s["deviation_norm"], rtol=1e-4, atol=1e-6)
+
+
+def _pair_screen(holdout_pairs=0.5):
+    from sccvae import data as D
+    from sccvae.synthetic import simulate_screen
+    a = simulate_screen("tiny", seed=4, n_pairs=16, pair_cells=(24, 32))
+    D.setup_anndata(a, perturbation_key="gene", control_group="non-targeting")
+    man = D.combination_manifest(a, holdout_singles=0.25, holdout_pairs=holdout_pairs, seed=0)
+    D.apply_split(a, man, "pairs")
+    return a, man
+
+
+def test_combination_manifest_classes_and_leaks():
+    "Pairs with an unseen gene are always test; singles held out never train; holdout_pairs=1 trains no pair."
+    a, man = _pair_screen()
+    per = man.groupby("perturbation").agg(n_unseen=("n_unseen", "first"), splits=("split_pairs", lambda s: set(s)))
+    held_singles = {p for p, r in per.iterrows() if r.n_unseen == -1 and r.splits == {"test"}}
+    for p, r in per[per.n_unseen >= 0].iterrows():
+        genes = p.split("+")
+        assert r.n_unseen == sum(g in held_singles for g in genes)
+        if r.n_unseen > 0: assert r.splits == {"test"}
+    assert (per.n_unseen == 0).sum() > 0 and any(r.splits != {"test"} for _, r in per[per.n_unseen == 0].iterrows())
+    _, none = _pair_screen(holdout_pairs=1.0)
+    assert (none[none.n_unseen >= 0].split_pairs == "test").all()
+    with pytest.raises(ValueError, match="holdout_singles"):
+        from sccvae import data as D
+        D.combination_manifest(a, holdout_singles=1.0)
+
+
+def test_training_on_pairs_shifts_by_the_sum_and_trains_both_genes():
+    "A pair's cells train with e = z + c_A S_A + c_B S_B; a pair-only batch sends gradient to both genes' penetrance."
+    import torch
+    from sccvae.model import SCCVAE
+    from sccvae.train import Trainer, TrainConfig
+    a, _ = _pair_screen()
+    model = SCCVAE(a, n_latent=6, n_hidden=16, n_label_components=6, seed=0)
+    data = model.data_view()
+    t = a.obs["split"].astype(str).to_numpy()
+    train_pairs = sorted({p for p, s in zip(a.obs["_scc_target"].astype(str), t) if "+" in p and s in ("train", "val")})
+    assert set(train_pairs) <= set(data.combinations) and len(train_pairs) > 0   # held-out pairs of seen genes too
+    tr = Trainer(model.module, data, TrainConfig.from_preset("default", max_epochs=1, progress=False))
+    P = len(data.perturbations)
+    cells = torch.cat(list(tr.sampler)).numpy()
+    assert set(t[cells]) == {"train"}                                     # held-out pairs never train
+    assert {data.combinations[c - P] for c in data.codes[cells].tolist() if c >= P} == \
+        {p for p in train_pairs if (t[a.obs["_scc_target"].astype(str).to_numpy() == p] == "train").any()}
+    q = train_pairs[0]
+    idx = data.indices("train", perturbation=q)[:8]
+    x, y, labels_g, index, c, layout, extra = tr._batch(idx, torch.Generator().manual_seed(0))
+    assert index.shape == (8, 2) and c.shape == (8, 2)
+    ga, gb = (data.perturbations.index(g) for g in q.split("+"))
+    mod = model.module
+    torch.testing.assert_close(c[0], mod.penetrance[[ga, gb]].detach().float())
+    noise = torch.zeros(8, mod.n_latent)
+    out = mod(x, labels_g, c, index=index, noise=noise, target_cols=extra.get("target_cols"))
+    S = mod.shift(data.labels[[ga, gb]])
+    want = out["z"] + c[:, :1] * S[0] + c[:, 1:] * S[1]
+    torch.testing.assert_close(out["u"], mod.scm(want), rtol=1e-6, atol=1e-6)
+    mod.zero_grad()
+    out["y_hat"].pow(2).mean().backward()
+    g = mod.penetrance.grad
+    assert g[ga] != 0 and g[gb] != 0 and int((g != 0).sum()) == 2
+    tr.fit()
+    assert np.isfinite(tr.history[-1]["train_loss"]) and np.isfinite(tr.history[-1]["val_loss"])

@@ -9,8 +9,8 @@ __all__ = ['REGISTRY_KEY', 'TARGET_KEY', 'CONTROL', 'TARGET_SUM', 'DEFAULT_EXCLU
            'check_split_column', 'setup_anndata', 'get_registry', 'gene_symbols', 'targets', 'perturbation_table',
            'check_values', 'normalize', 'read_logreg_scores', 'filter_perturbations', 'paper_subset', 'paper_folds',
            'gene_embedding', 'perturbation_labels', 'read_gene_embedding', 'combine_labels', 'ood_manifest',
-           'iid_manifest', 'split_columns', 'save_manifest', 'load_manifest', 'apply_split', 'holdout_cells',
-           'target_columns']
+           'iid_manifest', 'combination_manifest', 'split_columns', 'save_manifest', 'load_manifest', 'apply_split',
+           'holdout_cells', 'target_columns']
 
 # %% ../../nbs/01d_data_package.ipynb #02e8b2b7
 from .registry import *
@@ -24,5 +24,5 @@ _all_ = ['REGISTRY_KEY', 'TARGET_KEY', 'CONTROL', 'TARGET_SUM', 'DEFAULT_EXCLUDE
          'check_split_column', 'setup_anndata',
          'get_registry', 'gene_symbols', 'targets', 'perturbation_table', 'check_values', 'normalize',
          'read_logreg_scores', 'filter_perturbations', 'paper_subset', 'paper_folds', 'gene_embedding',
-         'perturbation_labels', 'read_gene_embedding', 'combine_labels', 'ood_manifest', 'iid_manifest',
+         'perturbation_labels', 'read_gene_embedding', 'combine_labels', 'ood_manifest', 'iid_manifest', 'combination_manifest',
          'split_columns', 'save_manifest', 'load_manifest', 'apply_split', 'holdout_cells', 'target_columns']

@@ -13,7 +13,7 @@ import pandas as pd
 import scipy.sparse as sp
 import anndata as ad
 
-from .registry import _log, CONTROL, check_split_column, gene_symbols, get_registry, perturbation_table, targets
+from .registry import _log, CONTROL, check_split_column, combination_parts, gene_symbols, get_registry, perturbation_table, targets
 
 # %% auto #0
 __all__ = ['gene_embedding', 'perturbation_labels', 'read_gene_embedding', 'combine_labels']
@@ -58,8 +58,8 @@ def perturbation_labels(adata: ad.AnnData, *, n_components: int = 50, seed: int 
                         max_control_cells: int | None = None) -> pd.DataFrame:
     """Label vector of each perturbation (rows, by target symbol): its gene's PCA row over control cells.
 
-    `perturbations`: default all targets in the screen. `missing`: 'error' (default), 'drop' or 'zero'
-    for targets that are not measured genes."""
+    `perturbations`: default all targets in the screen; a combination `A+B` stands for its genes (labels are per
+    gene). `missing`: 'error' (default), 'drop' or 'zero' for targets that are not measured genes."""
     if missing not in ("error", "drop", "zero"):
         raise ValueError(f"missing={missing!r}: use 'error', 'drop' or 'zero'.")
     emb = gene_embedding(adata, n_components=n_components, seed=seed, max_control_cells=max_control_cells)
@@ -67,6 +67,7 @@ def perturbation_labels(adata: ad.AnnData, *, n_components: int = 50, seed: int 
         _log.warning("%d duplicated gene symbols: labels use the first occurrence", int(emb.index.duplicated().sum()))
         emb = emb[~emb.index.duplicated()]
     perts = list(perturbation_table(adata).index.drop(CONTROL, errors="ignore")) if perturbations is None else list(perturbations)
+    perts = list(dict.fromkeys(g for p in perts for g in combination_parts(str(p))))
     absent = [p for p in perts if p not in emb.index]
     if absent and missing == "error":
         raise ValueError(f"{len(absent)} perturbation targets are not measured genes, so they have no label: "

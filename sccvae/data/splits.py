@@ -14,10 +14,12 @@ import pandas as pd
 import anndata as ad
 
 from ..utils import atomic_path
-from .registry import CONTROL, REGISTRY_KEY, _SPLITS, _SPLIT_TYPOS, get_registry, perturbation_table, targets
+from .registry import (CONTROL, REGISTRY_KEY, _SPLITS, _SPLIT_TYPOS, combination_parts, get_registry,
+                                  perturbation_table, targets)
 
 # %% auto #0
-__all__ = ['ood_manifest', 'iid_manifest', 'split_columns', 'save_manifest', 'load_manifest', 'apply_split', 'holdout_cells']
+__all__ = ['ood_manifest', 'iid_manifest', 'combination_manifest', 'split_columns', 'save_manifest', 'load_manifest',
+           'apply_split', 'holdout_cells']
 
 # %% ../../nbs/01c_splits.ipynb #c3d42fe1
 def _select_perturbations(adata, perturbations):
@@ -101,6 +103,50 @@ def iid_manifest(adata: ad.AnnData, *, val_frac: float = 0.1, test_frac: float =
         col[idx[n_tr:n_tr + n_va]] = "val"; col[idx[n_tr + n_va:]] = "test"
     man["split_iid"] = col
     man.attrs = dict(kind="iid", val_frac=val_frac, test_frac=test_frac, seed=seed)
+    return man
+
+# %% ../../nbs/01c_splits.ipynb #9a4cd637
+def _n_unseen(perts, seen):
+    "Genes of each combination without single training cells (−1: a single or the control)."
+    return np.array([sum(g not in seen for g in combination_parts(p)) if len(combination_parts(p)) > 1 else -1
+                     for p in perts], dtype=np.int64)
+
+def combination_manifest(adata: ad.AnnData, *, holdout_singles: float = 0.25, # share of the singles held out (test)
+                         holdout_pairs: float = 0.5, # share of the combinations of training genes held out ('both seen')
+                         val_frac: float = 0.15, # share of each training group's cells that validate
+                         seed: int = 0, # seed of every draw
+                         perturbations: Sequence[str] | None = None, # singles and combinations to split (default: all)
+                        ) -> pd.DataFrame:
+    """Held-out combinations in one split column `split_pairs` (`apply_split(adata, man, "pairs")`): the singles
+    held out, every combination with a held-out (or never single) gene, and `holdout_pairs` of the others are test."""
+    for name, v, hi in (("holdout_singles", holdout_singles, 1), ("holdout_pairs", holdout_pairs, 2), ("val_frac", val_frac, 1)):
+        if not (0 <= v < 1 or (hi == 2 and v == 1)):
+            raise ValueError(f"{name}={v} must be in [0, 1){' (or 1: no pair trains)' if hi == 2 else ''}.")
+    perts = _select_perturbations(adata, perturbations)
+    singles = [p for p in perts if len(combination_parts(p)) == 1]
+    combos = [p for p in perts if len(combination_parts(p)) > 1]
+    if not combos: raise ValueError("no combination (`A+B`) among the perturbations: use `ood_manifest` for single screens.")
+    rng = np.random.default_rng([seed, 14])
+    held = set(rng.choice(singles, int(round(holdout_singles * len(singles))), replace=False)) if singles else set()
+    seen = set(singles) - held
+    nu = dict(zip(combos, _n_unseen(combos, seen)))
+    both = [p for p in combos if nu[p] == 0]
+    held |= {p for p in combos if nu[p] > 0}
+    held |= set(rng.choice(both, int(round(holdout_pairs * len(both))), replace=False)) if both else set()
+    if len(held) == len(perts): raise ValueError("every perturbation would be test: lower holdout_singles / holdout_pairs.")
+    man = _base_manifest(adata, perts)
+    man["fold"] = -1
+    man["n_unseen"] = man.perturbation.map(dict(zip(perts, _n_unseen(perts, seen)))).fillna(-1).astype(np.int64)
+    col = np.full(len(man), "train", dtype=object)
+    codes = man.perturbation.to_numpy()
+    for p in perts:
+        idx = np.flatnonzero(codes == p)
+        if p in held: col[idx] = "test"; continue
+        idx = rng.permutation(idx)
+        col[idx[_split_cells(len(idx), [val_frac], rng)[0]:]] = "val"
+    man["split_pairs"] = col
+    man.attrs = dict(kind="combination", holdout_singles=holdout_singles, holdout_pairs=holdout_pairs,
+                     val_frac=val_frac, seed=seed)
     return man
 
 # %% ../../nbs/01c_splits.ipynb #52d3b2f0

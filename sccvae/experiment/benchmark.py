@@ -30,9 +30,9 @@ from .benchmark_configs import (BENCHMARK_BASELINES, DEFAULT_BASELINES, LABEL_FR
 _log = logging.getLogger("sccvae")
 
 # %% auto #0
-__all__ = ['run_config', 'BenchmarkResult', 'benchmark_perturbations', 'benchmark', 'BENCH_METRICS', 'COLUMN_SETS',
-           'pearson_delta', 'sd_ratio', 'PCSpace', 'discrimination', 'FoldReference', 'target_columns', 'score_cells',
-           'split_half']
+__all__ = ['PAIR_BASELINES', 'run_config', 'BenchmarkResult', 'benchmark_perturbations', 'held_out', 'benchmark', 'BENCH_METRICS',
+           'COLUMN_SETS', 'pearson_delta', 'sd_ratio', 'PCSpace', 'discrimination', 'FoldReference', 'target_columns',
+           'score_cells', 'split_half']
 
 # %% ../../nbs/55_benchmark.ipynb #15074997
 #: the harness's metrics live in `sccvae.experiment.scoring`; listed here too, as they always were
@@ -72,7 +72,9 @@ def run_config(adata, cfg: Mapping, perturbations, n_cells: Mapping[str, int], *
     model.train(**tk)
     tim["train"] = time.perf_counter() - t0; t0 = time.perf_counter()
     perts = list(perturbations)
-    model.select_penetrance(perts, **cfg["shift"])
+    seen = set(model.train_perturbations)          # a combination's penetrances are its genes': select the unseen ones
+    unseen = [g for g in dict.fromkeys(g for p in perts for g in scd.combination_parts(p)) if g not in seen]
+    if unseen: model.select_penetrance(unseen, **cfg["shift"])
     tim["shift"] = time.perf_counter() - t0; t0 = time.perf_counter()
     try: pred = model.predict(perts, n_cells=int(max(n_cells.values())), seed=seed, **cfg["predict"])
     except TypeError as e:
@@ -139,12 +141,38 @@ def report(self: BenchmarkResult) -> str:
              "Mean ± sd over held-out perturbations; `all` = all genes, `no_target` = the target gene's own column "
              "removed. Higher is better for Pearson Δ and discrimination, lower for E-distance and MMD², 1 for "
              "the sd ratio. `ceiling` = split-half ceiling (half of the true cells predicting the other half).", "",
-             self.to_markdown(), "", "## Timings (seconds, all folds)", "",
+             self.to_markdown(), ""] + self._pair_lines() + ["## Timings (seconds, all folds)", "",
              "| method | stage | seconds |", "|---|---|---|"]
     lines += [f"| {m} | {st} | {v} |" for (m, st), v in tim.items()]
     lines += ["", f"Total wall time: {s.get('wall_seconds', float('nan')):.0f} s.", "", "## Settings", "",
               "```json", json.dumps(s, indent=1, default=str), "```", ""]
     return "\n".join(lines)
+
+# %% ../../nbs/55_benchmark.ipynb #f46f6a84
+@patch
+def pair_summary(self: BenchmarkResult, metrics=("pearson_delta", "edistance"), column_set: str = "all") -> pd.DataFrame:
+    """Mean over held-out combinations by seen-singles class ('both seen', 'one unseen', 'both unseen'; count in
+    brackets), one column per method; empty without combinations (a run with `pairs=True`)."""
+    nu = self.settings.get("pair_unseen_genes") or {}
+    df = self.per_perturbation
+    df = df[df.perturbation.isin(list(nu)) & df.metric.isin(list(metrics)) & (df.column_set == column_set)]
+    if df.empty: return pd.DataFrame()
+    names = ("both seen", "one unseen", "both unseen")
+    cls = df.perturbation.map(lambda p: names[min(nu[p], 2)])
+    tab = df.assign(pair_class=cls).groupby(["metric", "pair_class", "method"], sort=False).value.mean().unstack("method")
+    n = df.drop_duplicates("perturbation").assign(pair_class=cls).pair_class.value_counts()
+    order = [(m, c) for m in metrics for c in names if (m, c) in tab.index]
+    tab = tab.reindex(order)[[m for m in self.methods if m in tab.columns]]
+    tab.index = pd.MultiIndex.from_tuples([(BENCH_METRICS[m][0], f"{c} ({n[c]})") for m, c in order], names=["metric", "pairs"])
+    return tab.round(4)
+
+@patch
+def _pair_lines(self: BenchmarkResult) -> list[str]:
+    tab = self.pair_summary()
+    if tab.empty: return []
+    return ["## Held-out combinations by seen-singles class", "", "Mean over the held-out combinations of each class "
+            "(how many of a pair's genes had no training cells of their own); `additive` = control + the sum of the "
+            "singles' training changes (SALT).", "", md_table(tab), ""]
 
 # %% ../../nbs/55_benchmark.ipynb #8f6e5900
 @patch
@@ -186,22 +214,35 @@ def _threads() -> int:
     return int(torch.get_num_threads())
 
 
+# %% ../../nbs/55_benchmark.ipynb #cf0a8559
+#: baselines that can predict a combination `A+B` (the others need a label per perturbation)
+PAIR_BASELINES = ("control", "perturbed_mean", "additive", "ceiling")
+
+def held_out(manifest: pd.DataFrame, k) -> list[str]:
+    "The perturbations a fold holds out: fold `k` of an OOD manifest, the test perturbations of a combination manifest."
+    if manifest.attrs.get("kind") == "combination":
+        col = f"split_{k}"
+        if col not in manifest: raise ValueError(f"fold {k!r} is not in this combination manifest: its fold is 'pairs'.")
+        return sorted(set(manifest.loc[(manifest[col] == "test") & (manifest.perturbation != scd.CONTROL), "perturbation"]))
+    return sorted(set(manifest.loc[manifest.fold == k, "perturbation"]))
+
 # %% ../../nbs/55_benchmark.ipynb #bdf9cf95
 def _run_fold(adata, manifest, k, *, cfgs, bls, bl_labels, labels, seed, n_eval_cells, n_pcs, split_key, accelerator,
               max_epochs):
     "One fold: split, reference, truth, every baseline and configuration, scores. Returns (frames, timings, shifts)."
     frames, times, means = [], [], []
+    ks = int(k) if isinstance(k, (int, np.integer)) else zlib.crc32(str(k).encode())   # the fold in seeds ('pairs' too)
     scd.apply_split(adata, manifest, k, key=split_key)
     t = scd.targets(adata).astype(object).to_numpy()
     test = adata.obs[split_key].astype(str).to_numpy() == "test"
-    held = sorted(set(manifest.loc[manifest.fold == k, "perturbation"]))
+    held = held_out(manifest, k)
     t0 = time.perf_counter()
     ref = FoldReference.from_adata(adata, split_key, n_pcs=n_pcs, seed=seed)
     truth = {}
     for p in held:
         idx = np.flatnonzero(test & (t == p))
         if len(idx) > n_eval_cells:
-            idx = np.sort(np.random.default_rng([seed, k, zlib.crc32(p.encode())]).choice(idx, n_eval_cells, replace=False))
+            idx = np.sort(np.random.default_rng([seed, ks, zlib.crc32(p.encode())]).choice(idx, n_eval_cells, replace=False))
         truth[p] = _rows_of(adata, idx)
     counts = {p: len(v) for p, v in truth.items()}
     times.append((k, "reference", "setup", time.perf_counter() - t0))
@@ -210,7 +251,7 @@ def _run_fold(adata, manifest, k, *, cfgs, bls, bl_labels, labels, seed, n_eval_
     for bname, fac in bls.items():
         t0 = time.perf_counter()
         if fac is None:                                                  # the split-half ceiling
-            halves = {p: split_half(v, [seed, k, zlib.crc32(p.encode()), 5]) for p, v in truth.items()}
+            halves = {p: split_half(v, [seed, ks, zlib.crc32(p.encode()), 5]) for p, v in truth.items()}
             preds[bname] = ({p: a for p, (a, b) in halves.items()}, {p: b for p, (a, b) in halves.items()})
         else:
             preds[bname] = (_baseline_cells(_make_baseline(fac, bl_labels, seed), adata, held, counts, seed, split_key), truth)
@@ -270,7 +311,8 @@ def benchmark(adata: ad.AnnData, configs=("sccvae_default",), baselines=DEFAULT_
               seed: int = 0, n_eval_cells: int = 300, out_dir=None, labels: pd.DataFrame | None = None, n_pcs: int = 30,
               min_cells: int = 10, perturbations: Sequence[str] | None = None, folds: Sequence[int] | None = None,
               manifest: pd.DataFrame | None = None, max_epochs: int | None = None, accelerator: str = "auto",
-              workers: int = 1, split_key: str = "benchmark_split", name: str | None = None) -> BenchmarkResult:
+              workers: int = 1, split_key: str = "benchmark_split", name: str | None = None,
+              pairs: bool = False) -> BenchmarkResult:
     """k-fold leave-perturbations-out comparison of SCCVAE `configs` and `baselines` on a registered, normalised AnnData.
 
     `configs`: names of `BENCHMARK_CONFIGS` or {name: config}; `baselines`: names of `BENCHMARK_BASELINES` or
@@ -279,17 +321,26 @@ def benchmark(adata: ad.AnnData, configs=("sccvae_default",), baselines=DEFAULT_
     perturbations with fewer cells are left out; `folds`: subset of folds to run; `manifest`: a saved OOD manifest
     instead of a new one; `max_epochs`: override every configuration's; `workers` > 1: folds in parallel spawned
     processes with one thread each (on a shared or small CPU much faster than threads; factories must be picklable);
-    `out_dir`: write CSVs and report.md there."""
+    `out_dir`: write CSVs and report.md there. `pairs` (or a `combination_manifest`): one split that holds out
+    singles and combinations (`sccvae.data.combination_manifest`), the model training on the other pairs, the
+    baselines that can predict pairs (`PAIR_BASELINES`: the additive one among them), and a table by seen-singles class."""
     t_all = time.perf_counter()
+    if pairs and baselines is DEFAULT_BASELINES: baselines = PAIR_BASELINES
     reg, cfgs, bls = _benchmark_inputs(adata, configs, baselines)
+    if pairs and manifest is None:
+        manifest = scd.combination_manifest(adata, seed=seed, perturbations=perturbations)
+    combo = manifest is not None and manifest.attrs.get("kind") == "combination"
+    if combo and (bad := [b for b in bls if isinstance(b, str) and b in BENCHMARK_BASELINES and b not in PAIR_BASELINES]):
+        raise ValueError(f"baselines {bad} cannot predict combinations (they need a label per perturbation); with pairs "
+                         f"use some of {list(PAIR_BASELINES)}.")
     if manifest is None:
         perts = benchmark_perturbations(adata, min_cells) if perturbations is None else list(perturbations)
         if len(perts) < n_folds:
             raise ValueError(f"only {len(perts)} perturbations with a measured target and >= {min_cells} cells for "
                              f"n_folds={n_folds}; lower n_folds or min_cells.")
         manifest = scd.ood_manifest(adata, n_folds=n_folds, seed=seed, perturbations=perts)
-    n_folds = int(manifest.attrs.get("n_folds", manifest["fold"].max() + 1))
-    run_folds = list(range(n_folds)) if folds is None else [int(k) for k in folds]
+    n_folds = 1 if combo else int(manifest.attrs.get("n_folds", manifest["fold"].max() + 1))
+    run_folds = ["pairs"] if combo else list(range(n_folds)) if folds is None else [int(k) for k in folds]
     prev_split, tcol = reg.get("split_key"), target_columns(adata)
     # the baselines' default labels (a PCA over the control cells, training cells in every fold) are the same in
     # every fold: computed once and given to every baseline factory
@@ -301,8 +352,11 @@ def benchmark(adata: ad.AnnData, configs=("sccvae_default",), baselines=DEFAULT_
     df, timings = _collect(outs, tcol)
     settings = dict(
         name=name or "screen", n_folds=n_folds, folds_run=run_folds, seed=seed, n_eval_cells=n_eval_cells, n_pcs=n_pcs,
-        min_cells=min_cells, n_perturbations=int(manifest.perturbation[manifest.fold >= 0].nunique()),
-        perturbations_per_fold={str(k): sorted(set(manifest.loc[manifest.fold == k, "perturbation"])) for k in run_folds},
+        min_cells=min_cells, n_perturbations=len({p for k in run_folds for p in held_out(manifest, k)}) if combo
+        else int(manifest.perturbation[manifest.fold >= 0].nunique()),
+        perturbations_per_fold={str(k): held_out(manifest, k) for k in run_folds},
+        pair_unseen_genes=({p: int(n) for p, n in manifest.groupby("perturbation").n_unseen.first().items() if n >= 0}
+                           if combo else None),
         seeds=dict(manifest=seed, models=seed, predictions=seed, truth_subsample=f"[{seed}, fold, crc32(perturbation)]",
                    split_half=f"[{seed}, fold, crc32(perturbation), 5]", pc_space=seed),
         configs=cfgs, baselines=list(bls), max_epochs_override=max_epochs, accelerator=accelerator,

@@ -10,7 +10,7 @@ import copy, functools
 from collections.abc import Callable, Mapping
 
 from ..baselines import (ControlBaseline, PerturbedMeanBaseline, PerturbedMeanOnTargetBaseline, LinearBaseline,
-                              NearestPerturbationBaseline, AnchorBaseline)
+                              NearestPerturbationBaseline, AnchorBaseline, AdditiveBaseline)
 
 # %% auto #0
 __all__ = ['LINEAR_COMPONENTS', 'BENCHMARK_BASELINES', 'DEFAULT_BASELINES', 'LABEL_FREE_BASELINES', 'BENCHMARK_CONFIGS',
@@ -28,6 +28,7 @@ def _linear(labels=None, seed=0):
     if labels is not None and labels.attrs.get("benchmark_default"): labels = labels.iloc[:, :LINEAR_COMPONENTS]
     return LinearBaseline(labels=labels, label_components=LINEAR_COMPONENTS, seed=seed)
 def _anchor(labels=None, seed=0): return AnchorBaseline(labels=labels, seed=seed)
+def _additive(labels=None, seed=0): return AdditiveBaseline()
 def _nearest(k, labels=None, seed=0):
     b = NearestPerturbationBaseline(k=k, labels=labels, seed=seed)
     b.name = f"nearest_{k}"
@@ -37,9 +38,10 @@ def _nearest(k, labels=None, seed=0):
 BENCHMARK_BASELINES: dict[str, Callable | None] = {
     "control": _control, "perturbed_mean": _perturbed_mean, "perturbed_mean_on_target": _on_target, "linear": _linear,
     "nearest_1": functools.partial(_nearest, 1), "nearest_3": functools.partial(_nearest, 3), "anchor": _anchor,
-    "ceiling": None,
+    "ceiling": None, "additive": _additive,
 }
-DEFAULT_BASELINES = tuple(BENCHMARK_BASELINES)
+#: every baseline but `additive` (on singles it is the anchor baseline; it is for screens with combinations)
+DEFAULT_BASELINES = tuple(b for b in BENCHMARK_BASELINES if b != "additive")
 #: baselines that need no perturbation labels (the harness computes the default labels only for the others)
 LABEL_FREE_BASELINES = ("control", "perturbed_mean", "perturbed_mean_on_target", "ceiling")
 
