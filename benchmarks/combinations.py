@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 
-def run_seed(size, seed, n_pairs, holdout_frac, holdout_pairs, n_cells, max_epochs, quiet=True):
+def run_seed(size, seed, n_pairs, holdout_frac, holdout_pairs, n_cells, max_epochs, pair_related=0.0, quiet=True):
     import torch
     import sccvae
     from sccvae import data as scd
@@ -33,7 +33,7 @@ def run_seed(size, seed, n_pairs, holdout_frac, holdout_pairs, n_cells, max_epoc
     from sccvae.combinations import pair_classes
     from sccvae.experiment.benchmark import FoldReference, score_cells
 
-    a = simulate_screen(size, seed=seed, n_pairs=n_pairs)
+    a = simulate_screen(size, seed=seed, n_pairs=n_pairs, pair_related=pair_related)
     truth = a.uns["sccvae_truth"]
     sccvae.SCCVAE.setup_anndata(a, perturbation_key="gene", control_group="non-targeting")
     man = scd.combination_manifest(a, holdout_singles=holdout_frac, holdout_pairs=holdout_pairs, seed=seed)
@@ -65,8 +65,16 @@ def run_seed(size, seed, n_pairs, holdout_frac, holdout_pairs, n_cells, max_epoc
         X = np.asarray(pred.X)
         return {p: X[np.flatnonzero(g == p)][:ncell[p]] for p in pairs}
 
-    preds = {"SCCVAE default": cells_of(model.predict(pairs, n_cells=n_cells, seed=seed)),       # interaction=0
+    fit = model.fit_interaction() if len(model.trained_combinations()) >= 2 else dict(weight=0.0, pairs=0, r=np.nan)
+    print(f"seed {seed}: pair rule kappa {fit.get('kappa_additive', 1.0):.3f} alone; with the model's interaction kappa "
+          f"{fit.get('kappa', 1.0):.3f}, weight {fit['weight']:.3f} on {fit['pairs']} trained pairs (r {fit['r']:.3f})",
+          file=sys.stderr)
+    pred_auto = model.predict(pairs, n_cells=n_cells, seed=seed)                               # interaction='auto'
+    preds = {"SCCVAE default": cells_of(pred_auto),
+             "SCCVAE, interaction 0": cells_of(model.predict(pairs, n_cells=n_cells, seed=seed, interaction=0.0)),
+             "SCCVAE, fitted kappa + w": cells_of(model.predict(pairs, n_cells=n_cells, seed=seed, interaction="fit")),
              "SCCVAE, interaction 1": cells_of(model.predict(pairs, n_cells=n_cells, seed=seed, interaction=1.0))}
+    w_auto = float(pred_auto.uns["sccvae_prediction"].get("additive_scale", 1.0))
     add = AdditiveBaseline().fit(a, split_key="split")
     preds["additive (SALT)"] = cells_of(add.predict(pairs, n_cells=n_cells, seed=seed))
     pm = PerturbedMeanBaseline().fit(a, split_key="split")
@@ -89,17 +97,30 @@ def run_seed(size, seed, n_pairs, holdout_frac, holdout_pairs, n_cells, max_epoc
         if g in seen: return np.asarray(a.X[np.flatnonzero(tr & (t == g))].mean(0), np.float64).ravel() - ctrl
         return model.anchor.predict(model.label_rows([g]).cpu().numpy(), scd.target_columns(a, [g]))[0]
     inter = []
+    guess_all = np.stack([best(x) + best(y) for x, y in (p.split("+") for p in pairs)])
+    # a model-free yardstick for the interaction: the additive guess scaled by kappa, fitted on the trained pairs
+    # (least squares of observed pair change on the sum of its singles' observed changes)
+    tp = model.trained_combinations()
+    if tp:
+        obs = np.stack([np.asarray(a.X[np.flatnonzero(tr & (t == q))].mean(0), np.float64).ravel() - ctrl for q in tp])
+        add = np.stack([best(x) + best(y) for x, y in (q.split("+") for q in tp)])
+        kappa = float((obs * add).sum() / (add * add).sum())
+    else: kappa = 1.0
+    devs = {}
     for name in preds:
         P = means[name].loc[pairs].to_numpy() - ctrl
-        if name == "SCCVAE, interaction 1" and model.anchor is not None:
-            guess = np.stack([best(x) + best(y) for x, y in (p.split("+") for p in pairs)])
-        else: guess = P     # the baselines predict no interaction
-        dev = P - guess
+        if name.startswith("SCCVAE") and model.anchor is not None: devs[name] = P - guess_all
+        else: devs[name] = P - P     # the baselines predict no interaction
+    devs[f"additive × kappa (fitted on trained pairs)"] = (kappa - 1.0) * guess_all
+    print(f"seed {seed}: kappa {kappa:.3f} (benchmark), default additive scale {w_auto:.3f}", file=sys.stderr)
+    for name, dev in devs.items():
         r = [np.corrcoef(dev[q], dev_true[q])[0, 1] if dev[q].std() > 0 else np.nan for q in range(len(pairs))]
         perm = rng.permutation(len(pairs))
         chance = [np.corrcoef(dev[q], dev_true[perm[q]])[0, 1] if dev[q].std() > 0 and perm[q] != q else np.nan
                   for q in range(len(pairs))]
-        inter.append(pd.DataFrame({"pair": pairs, "method": name, "pair_class": cls.to_numpy(), "seed": seed,
+        rel = (pd.Series(np.asarray(truth["pair_related"]), index=tn).loc[pairs].to_numpy() if "pair_related" in truth
+               else np.zeros(len(pairs), bool))
+        inter.append(pd.DataFrame({"pair": pairs, "method": name, "pair_class": cls.to_numpy(), "seed": seed, "related": rel,
                                    "interaction_r": r, "chance_r": chance,
                                    "true_dev_norm": np.linalg.norm(dev_true, axis=1)}))
     return pd.concat(rows, ignore_index=True), pd.concat(inter, ignore_index=True), secs, n_train_pairs
@@ -113,6 +134,8 @@ def main(argv=None):
     ap.add_argument("--holdout-frac", type=float, default=0.25, help="share of the singles held out")
     ap.add_argument("--holdout-pairs", type=float, default=0.5,
                     help="share of the pairs of training genes held out (1: every pair held out, singles-only training)")
+    ap.add_argument("--pair-related", type=float, default=0.0,
+                    help="share of pairs of two shifting targets of one module (simulate_screen(pair_related=...))")
     ap.add_argument("--n-cells", type=int, default=100)
     ap.add_argument("--max-epochs", type=int, default=None, help="default: the default train preset's")
     ap.add_argument("--out", default="runs/combinations")
@@ -122,7 +145,7 @@ def main(argv=None):
     from sccvae.utils import md_table, write_csv
     scores, inter, times = [], [], []
     for s in a.seeds:
-        sc, it, secs, ntp = run_seed(a.size, s, a.n_pairs, a.holdout_frac, a.holdout_pairs, a.n_cells, a.max_epochs)
+        sc, it, secs, ntp = run_seed(a.size, s, a.n_pairs, a.holdout_frac, a.holdout_pairs, a.n_cells, a.max_epochs, a.pair_related)
         scores.append(sc); inter.append(it); times.append(secs)
         print(f"seed {s}: {ntp} pairs trained; trained in {secs:.0f} s", file=sys.stderr)
     sc, it = pd.concat(scores, ignore_index=True), pd.concat(inter, ignore_index=True)
@@ -140,6 +163,9 @@ def main(argv=None):
     print("### Predicted vs true interaction (Pearson over genes of the deviation from additive; mean over pairs)\n")
     print(md_table(itab)); print()
     print(md_table(it.groupby(["pair_class", "method"], observed=True).interaction_r.mean().unstack("method")))
+    print()
+    print(md_table(it.groupby(["related", "method"]).agg(interaction_r=("interaction_r", "mean"), chance_r=("chance_r", "mean"),
+                                                         pairs=("pair", "size")).unstack("method")))
 
 
 if __name__ == "__main__":

@@ -9,13 +9,16 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import anndata as ad
+import scipy.sparse as sp
 import torch
+from sklearn.metrics import average_precision_score, roc_auc_score
 
 from . import data as scd
 from .module import scm_solve
 
 # %% auto #0
-__all__ = ['total_effects', 'direct_effects', 'effects_to_adata']
+__all__ = ['total_effects', 'direct_effects', 'effects_to_adata', 'simulated_gene_dag', 'edge_scores', 'observed_total_effects',
+           'control_correlation']
 
 # %% ../nbs/45_effects.ipynb #3d489f52
 @torch.no_grad()
@@ -25,12 +28,14 @@ def total_effects(model, # a trained `SCCVAE`
                   n_cells: int = 64, # control cells the change is averaged over (common to every row)
                   seed: int = 0, # the control draw
                   batch: int = 64, # perturbing genes decoded at once
+                  observed: bool = False, # rows of training perturbations: their observed mean change instead (data where there are data)
                  ) -> pd.DataFrame:
     """Predicted mean change (expected log-normalised scale) of every `affected` gene per unit knockdown (c = 1) of
     each of `genes`: perturbing gene × affected gene. Through the model's public methods only (`control_latents`,
     `shift_of`), the SCM and the decoder, with the on-target term at the gene's own column: the model's own causal
     response, without the mean anchor's recentring of unseen perturbations (which is a mean predictor, not a causal
-    model)."""
+    model). `observed=True`: the genes with training cells get their observed change (training cells − training
+    controls, at their real knockdown) and the model fills every other row."""
     mod = model.module.eval()
     genes = [str(g) for g in (model.labels.index if genes is None else genes)]
     if not genes: raise ValueError("no genes to perturb: pass gene symbols the model has labels for.")
@@ -52,6 +57,10 @@ def total_effects(model, # a trained `SCCVAE`
     sym = pd.Index(scd.gene_symbols(model.adata)).astype(str)
     names = sym if sym.is_unique else pd.Index(model.var_names).astype(str)     # the same names as the rows
     T = pd.DataFrame(out, index=pd.Index(genes, name="perturbed"), columns=pd.Index(names, name="affected"))
+    if observed:
+        To = observed_total_effects(model.adata, split="train" if model.split_key else None, split_key=model.split_key)
+        rows = [g for g in genes if g in To.index]
+        T.loc[rows] = To.loc[rows, list(T.columns)].to_numpy()
     return T if affected is None else T.loc[:, list(map(str, affected))]
 
 # %% ../nbs/45_effects.ipynb #c62c3ae4
@@ -104,3 +113,131 @@ def effects_to_adata(adata: ad.AnnData, # the AnnData whose var the effects are 
     adata.varp[key] = M
     adata.var[key + "_row"] = np.isin(np.arange(adata.n_vars), r)
     return adata
+
+# %% ../nbs/45_effects.ipynb #abed6c7f
+def _gene_names(adata):
+    "Gene names of `adata` as `total_effects` labels its columns: symbols when unique, else var_names."
+    sym = pd.Index(scd.gene_symbols(adata)).astype(str)
+    return sym if sym.is_unique else pd.Index(adata.var_names).astype(str)
+
+def simulated_gene_dag(adata: ad.AnnData, # a screen from `simulate_screen(..., gene_network=d)`, d > 0
+                      ) -> pd.DataFrame:
+    "The simulator's true direct effects B (from gene × to gene, dense), labelled like `total_effects`' columns."
+    truth = adata.uns.get("sccvae_truth", {})
+    if "gene_dag" not in truth:
+        raise ValueError("adata has no uns['sccvae_truth']['gene_dag']: simulate the screen with a gene network, "
+                         "e.g. simulate_screen('small', gene_network=5).")
+    names = _gene_names(adata)
+    return pd.DataFrame(sp.csr_matrix(truth["gene_dag"]).toarray(), index=pd.Index(names, name="from"),
+                        columns=pd.Index(names, name="to"))
+
+# %% ../nbs/45_effects.ipynb #9c4ea701
+def edge_scores(B_hat: pd.DataFrame, # edge scores, from gene × to gene (any subset of genes; ranked by |value|)
+                B_true: pd.DataFrame, # true direct effects, square over the genes (e.g. `simulated_gene_dag`)
+                *, pairs: str = "all", # 'all' pairs of B_true's genes, 'block' (both in `genes`) or 'from' (from `genes` to all)
+                genes=None, # the gene set of 'block' / 'from' (default: the rows of B_hat)
+               ) -> pd.Series:
+    """AUPRC, AUROC and sign accuracy of |B_hat| ranking the true edges (B_true ≠ 0) among the ordered pairs of
+    distinct genes of the chosen set; pairs B_hat has no score for (missing or NaN) score 0."""
+    if not isinstance(B_true, pd.DataFrame) or not isinstance(B_hat, pd.DataFrame):
+        raise TypeError("B_hat and B_true must be DataFrames labelled by gene (e.g. direct_effects(...), simulated_gene_dag(adata)).")
+    allg = pd.Index(B_true.index).astype(str)
+    if not allg.is_unique or set(allg) != set(pd.Index(B_true.columns).astype(str)):
+        raise ValueError("B_true must be square with the same unique genes as rows and columns (simulated_gene_dag gives that).")
+    if not (B_hat.index.is_unique and B_hat.columns.is_unique): raise ValueError("B_hat has duplicated gene names.")
+    sel = pd.Index(map(str, B_hat.index if genes is None else genes)).unique()
+    miss = sel.difference(allg)
+    if pairs != "all" and len(miss): raise KeyError(f"{len(miss)} genes are not in B_true (e.g. {list(miss[:3])}).")
+    if pairs not in ("all", "block", "from"): raise ValueError(f"pairs={pairs!r}: use 'all', 'block' or 'from'.")
+    rows = allg if pairs == "all" else sel
+    cols = sel if pairs == "block" else allg
+    T = B_true.set_axis(allg, axis=0).set_axis(pd.Index(B_true.columns).astype(str), axis=1).loc[rows, cols].to_numpy(np.float64)
+    H = B_hat.set_axis(pd.Index(B_hat.index).astype(str), axis=0).set_axis(pd.Index(B_hat.columns).astype(str), axis=1)
+    H = H.reindex(index=rows, columns=cols).to_numpy(np.float64)
+    off = np.not_equal.outer(rows.to_numpy(), cols.to_numpy())
+    scored = np.isfinite(H[off])
+    h, t = np.nan_to_num(H[off], nan=0.0), T[off]
+    y = t != 0
+    n = int(y.sum())
+    ok = 0 < n < y.size
+    return pd.Series({"auprc": average_precision_score(y, np.abs(h)) if ok else np.nan,
+                      "auroc": roc_auc_score(y, np.abs(h)) if ok else np.nan,
+                      "sign_accuracy": float(np.mean(np.sign(h[y]) == np.sign(t[y]))) if n else np.nan,
+                      "n_edges": n, "n_pairs": int(y.size), "positive_rate": n / max(y.size, 1),
+                      "coverage": float(scored.mean()) if y.size else np.nan})
+
+# %% ../nbs/45_effects.ipynb #bf6d345f
+def _expression(adata):
+    "The registered, log-normalised expression matrix (X after `setup_anndata`)."
+    reg = scd.get_registry(adata)
+    if not reg.get("normalized"):
+        raise ValueError("adata.X is not log-normalised by sccvae: run sccvae.data.setup_anndata(adata, ...) with "
+                         "normalize=True (the default) or sccvae.data.normalize(adata) first.")
+    return adata.X
+
+def _in_split(adata, split, split_key):
+    "Cells of `split` (a name or a list of names; None: every cell)."
+    if split is None: return np.ones(adata.n_obs, bool)
+    key = split_key or scd.get_registry(adata).get("split_key") or "split"
+    if key not in adata.obs:
+        raise KeyError(f"split={split!r} but adata.obs has no column {key!r}: pass split_key=, or split=None for every cell.")
+    return adata.obs[key].astype(str).isin([split] if isinstance(split, str) else list(split)).to_numpy()
+
+def observed_total_effects(adata: ad.AnnData, # a registered, normalised screen (`setup_anndata`)
+                           *, split=None, # the cells used: a split name or a list of them (None: every cell)
+                           split_key: str | None = None, # obs column of the split (default: the registered one, else 'split')
+                          ) -> pd.DataFrame:
+    """Observed mean change, perturbed gene × affected gene: mean log-normalised expression of each single
+    perturbation's cells in `split` minus the mean of the control cells in `split` (sparse-aware, no dense copy)."""
+    X = _expression(adata)
+    keep = _in_split(adata, split, split_key)
+    t = scd.targets(adata).astype(str).to_numpy()
+    perts = sorted({p for p in t[keep] if p not in (scd.CONTROL, "nan") and scd.COMBINATION not in p})
+    if not (keep & (t == scd.CONTROL)).any() or not perts:
+        raise ValueError(f"split={split!r} has {'no control cells' if perts else 'no perturbed cells'}; pick a split "
+                         "with both (or split=None).")
+    code = pd.Series(np.arange(len(perts) + 1), index=perts + [scd.CONTROL]).reindex(t).fillna(-1).to_numpy(np.int64)
+    code[~keep] = -1
+    ok = np.flatnonzero(code >= 0)
+    cnt = np.bincount(code[ok], minlength=len(perts) + 1)
+    G = sp.csr_matrix((1.0 / cnt[code[ok]], (code[ok], ok)), shape=(len(perts) + 1, adata.n_obs))
+    M = G @ X
+    M = np.asarray(M.toarray() if sp.issparse(M) else M, np.float64)
+    return pd.DataFrame(M[:-1] - M[-1], index=pd.Index(perts, name="perturbed"),
+                        columns=pd.Index(_gene_names(adata), name="affected"))
+
+# %% ../nbs/45_effects.ipynb #2faead0d
+def control_correlation(adata: ad.AnnData, # a registered, normalised screen (`setup_anndata`)
+                        *, genes=None, # genes (names as in `total_effects`' columns; default: all)
+                        split=None, # the control cells used: a split name or a list of them (None: every control)
+                        split_key: str | None = None, # obs column of the split (default: the registered one, else 'split')
+                        signed: bool = False, # Pearson r itself instead of |r|
+                        chunk: int = 512, # genes per block of the cross-product
+                       ) -> pd.DataFrame:
+    """|Pearson| (or r) between genes over control cells, genes × genes (1 on the diagonal; 0 for a gene constant over
+    the controls). Sparse data stay sparse: X_cᵀX_c is formed a block of genes at a time (float64)."""
+    X = _expression(adata)
+    names = _gene_names(adata)
+    cols = np.arange(adata.n_vars) if genes is None else names.get_indexer(pd.Index(map(str, genes)))
+    if (cols < 0).any():
+        raise KeyError(f"{int((cols < 0).sum())} genes are not in adata (e.g. {[g for g, c in zip(genes, cols) if c < 0][:3]}).")
+    ctrl = np.flatnonzero(_in_split(adata, split, split_key) & (scd.targets(adata).astype(str).to_numpy() == scd.CONTROL))
+    if ctrl.size < 3: raise ValueError(f"control_correlation needs at least 3 control cells (found {ctrl.size} in split={split!r}).")
+    Xc = X[ctrl][:, cols]
+    Xc = sp.csr_matrix(Xc, dtype=np.float64) if sp.issparse(Xc) else np.asarray(Xc, np.float64)
+    n, m = Xc.shape
+    mu = np.asarray(Xc.mean(0)).ravel()
+    sq = np.asarray((Xc.multiply(Xc) if sp.issparse(Xc) else Xc * Xc).sum(0)).ravel() / n
+    sd = np.sqrt(np.maximum(sq - mu ** 2, 0.0))
+    inv = np.divide(1.0, sd, out=np.zeros(m), where=sd > 1e-12 * np.maximum(1.0, np.abs(mu)))
+    XcT = Xc.T.tocsr() if sp.issparse(Xc) else Xc.T
+    R = np.empty((m, m))
+    for s in range(0, m, chunk):
+        S = XcT[s:s + chunk] @ Xc
+        S = S.toarray() if sp.issparse(S) else np.asarray(S)
+        R[s:s + chunk] = (S / n - mu[s:s + chunk, None] * mu[None]) * inv[s:s + chunk, None] * inv[None]
+    np.clip(R, -1.0, 1.0, out=R)
+    np.fill_diagonal(R, (inv > 0).astype(float))
+    if not signed: np.abs(R, out=R)
+    idx = names[cols]
+    return pd.DataFrame(R, index=pd.Index(idx, name="gene"), columns=pd.Index(idx, name="gene"))

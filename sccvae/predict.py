@@ -15,7 +15,7 @@ from fastcore.basics import patch
 
 from . import data as scd
 from .module import scm_solve
-from .anchor import _train_pseudobulk
+from .anchor import _train_pseudobulk, _control_mean
 
 # %% auto #0
 __all__ = ['PREDICTION_KEY', 'DECODINGS', 'PredictMixin']
@@ -267,10 +267,12 @@ def _decoded_changes(self: PredictMixin, mod, u0, v, C, cols, lib=None) -> np.nd
     return np.stack(out)
 
 @patch
-def _combination_targets(self: PredictMixin, perts, labels, mod, u0, v, C, cols, lib=None, interaction: float = 0.0) -> np.ndarray:
+def _combination_targets(self: PredictMixin, perts, labels, mod, u0, v, C, cols, lib=None, interaction: float = 0.0,
+                         kappa: float = 1.0) -> np.ndarray:
     """The mean change each combination of `perts` is recentred on (NaN rows for singles and for combinations with
     training cells, which are the model's own like seen singles): Σ_k Δ̂_k (a seen gene's observed training change, the
-    anchor's prediction for an unseen one) + the model's interaction m_combo − Σ_k m_k."""
+    anchor's prediction for an unseen one), times κ when every gene was seen (κ is fitted on observed singles; the
+    anchor's predictions are shrunk already), + w·(the model's interaction m_combo − Σ_k m_k)."""
     D = np.full((len(perts), self.adata.n_vars), np.nan)
     trained = self.trained_combinations()
     combo = [i for i, p in enumerate(perts) if len(scd.combination_parts(p)) > 1 and p not in trained]
@@ -288,7 +290,8 @@ def _combination_targets(self: PredictMixin, perts, labels, mod, u0, v, C, cols,
     at = {g: a for a, g in enumerate(genes)}
     for r, i in enumerate(combo):
         ks = [at[g] for g in scd.combination_parts(perts[i])]
-        D[i] = best[ks].sum(0) + float(interaction) * (m_combo[r] - m_single[ks].sum(0))
+        k = float(kappa) if all(g in seen for g in scd.combination_parts(perts[i])) else 1.0   # κ was fitted on observed singles
+        D[i] = k * best[ks].sum(0) + float(interaction) * (m_combo[r] - m_single[ks].sum(0))
     return D
 
 # %% ../nbs/42_predict.ipynb #6d75856b
@@ -299,6 +302,66 @@ def trained_combinations(self: PredictMixin) -> list[str]:
     P = len(data.perturbations)
     codes = data.codes[data.indices("train", combinations=True)]
     return [data.combinations[c - P] for c in sorted(set(codes[codes >= P].tolist()))]
+
+# %% ../nbs/42_predict.ipynb #04207a36
+@patch
+@torch.no_grad()
+def fit_interaction(self: PredictMixin, *, n_cells: int = 256, seed: int = 0) -> dict:
+    """The pair rule fitted on the trained combinations: least squares over their genes of
+    observed Δ_combo ≈ κ·Σ_k observed Δ_k + w·(m_combo − Σ_k m_k), m the model's decoded mean changes (κ < 1:
+    sub-additive), w kept in [0, 1]. Returns kappa, weight, pairs, the Pearson r of the fitted interaction with the
+    observed one, and kappa_additive, κ fitted with w = 0 (cached until the model trains again)."""
+    key = (int(self.module.n_steps), n_cells, seed)
+    if getattr(self, "_interaction_fit", (None,))[0] == key: return dict(self._interaction_fit[1])
+    pairs = self.trained_combinations()
+    if len(pairs) < 2:
+        raise ValueError(f"fit_interaction needs trained combinations (`A+B` cells in the training split whose genes are "
+                         f"training perturbations); this model has {len(pairs)}: use interaction=0.0 or a number.")
+    data, mod = self.data_view(), self.module.eval()
+    ctrl = _control_mean(self)
+    seen = {p: j for j, p in enumerate(self.train_perturbations)}
+    bulk = _train_pseudobulk(self).double().cpu().numpy() - ctrl
+    obs = np.stack([data.rows(data.indices("train", perturbation=p)).double().mean(0).cpu().numpy() for p in pairs]) - ctrl
+    resid = obs - np.stack([sum(bulk[seen[g]] for g in scd.combination_parts(p)) for p in pairs])
+    z, pick = self.control_latents(n_cells, seed, return_index=True)
+    A = mod.adjacency()
+    u0 = scm_solve(z, A)
+    lib = data.count_rows(pick).sum(1).to(self.device) if mod.likelihood == "nb" else None
+    _, cS, C, cols = self._combination_shifts(pairs, None, None)
+    genes = list(dict.fromkeys(g for p in pairs for g in scd.combination_parts(p)))
+    _, s1, C1, cols1 = self._combination_shifts(genes, None, None)
+    m1 = self._decoded_changes(mod, u0, scm_solve(s1, A), C1, cols1, lib)
+    at = {g: i for i, g in enumerate(genes)}
+    I = self._decoded_changes(mod, u0, scm_solve(cS, A), C, cols, lib) - np.stack(
+        [sum(m1[at[g]] for g in scd.combination_parts(p)) for p in pairs])
+    add = obs - resid                                                        # Σ_k observed Δ_k
+    X = np.stack([add.ravel(), I.ravel()], 1)
+    den = max(float((add * add).sum()), 1e-300)
+    kappa, w = np.linalg.lstsq(X, obs.ravel(), rcond=None)[0] if np.abs(I).sum() > 0 else ((obs * add).sum() / den, 0.0)
+    if not 0 <= w <= 1:     # the model's interaction is used (up to w = 1) or not, never flipped or amplified
+        w = float(np.clip(w, 0.0, 1.0))
+        kappa = float(((obs - w * I) * add).sum() / den)
+    fit = X @ np.array([kappa, w])
+    res = dict(kappa=float(kappa), weight=float(w), pairs=len(pairs),
+               r=float(np.corrcoef(obs.ravel() - add.ravel(), fit - add.ravel())[0, 1]),
+               kappa_additive=float((obs * add).sum() / den))                  # the rule without the model's interaction
+    self._interaction_fit = (key, res)
+    return dict(res)
+
+@patch
+def _interaction_weight(self: PredictMixin, interaction) -> tuple[float, float]:
+    """(κ, w) of the pair rule `predict` uses: a number w (κ = 1); 'fit': κ and w fitted together (`fit_interaction`);
+    'auto': with ≥ 3 trained combinations κ fitted alone (w = 0: the model's interaction is fitted in-sample, and
+    held-out it points the wrong way on the simulator), else additive (κ = 1, w = 0)."""
+    if isinstance(interaction, str):
+        if interaction not in ("auto", "fit"):
+            raise ValueError(f"interaction={interaction!r}: use 'auto', 'fit' or a finite weight such as 0.0 or 1.0.")
+        if interaction == "auto":
+            return (self.fit_interaction()["kappa_additive"], 0.0) if len(self.trained_combinations()) >= 3 else (1.0, 0.0)
+        f = self.fit_interaction()
+        return f["kappa"], f["weight"]
+    if not np.isfinite(interaction): raise ValueError(f"interaction={interaction!r} must be a finite weight, e.g. 1.0 or 0.0.")
+    return 1.0, float(interaction)
 
 # %% ../nbs/42_predict.ipynb #7fb12d40
 @patch
@@ -313,7 +376,7 @@ def predict(self: PredictMixin,
             batch_size: int = 8192, # cells decoded at once
             decoding: str | None = None, # 'mean', 'sample' or 'counterfactual' (default: the model's)
             clip: bool = True, # set values below 0 to 0, keeping each gene's mean (`_clip_keep_mean`)
-            interaction: float = 0.0, # with the anchor: weight of the model's interaction in a combination's centre (0: additive of the best singles; see "Combinations")
+            interaction: float | str = "auto", # with the anchor: weight of the model's interaction in a combination's centre ('auto': fitted on trained pairs if any, else 0; see "Combinations")
            ) -> ad.AnnData:
     """Predicted cells (log-normalised expression) for each perturbation: AnnData with the training var_names,
     `obs[perturbation_key]` (and the canonical `obs['_scc_target']`), `obs['penetrance']`, provenance in
@@ -332,10 +395,12 @@ def predict(self: PredictMixin,
     D_combo = None
     if c.shape[1] > 1:
         lib = (self.data_view().count_rows(pick).sum(1).to(self.device) if mod.likelihood == "nb" else None)
-        if not np.isfinite(interaction): raise ValueError(f"interaction={interaction!r} must be a finite weight, e.g. 1.0 or 0.0.")
-        D_combo = self._combination_targets(perts, labels, mod, u0, v, c, cols, lib, interaction)
+        kappa, interaction = self._interaction_weight(interaction)
+        D_combo = self._combination_targets(perts, labels, mod, u0, v, c, cols, lib, interaction, kappa)
     out, counts, anchored, n_neg = self._make_cells(mod, u0, v, c, pick, perts, n_cells, seed=seed, labels=labels,
                                                    batch_size=batch_size, decoding=decoding, clip=clip, cols=cols,
                                                    D_combo=D_combo)
-    return self._prediction_adata(out, counts, perts, n_cells, pen, anchored, seed=seed, control_split=control_split,
-                                  decoding=decoding, clip=clip, n_neg=n_neg)
+    res = self._prediction_adata(out, counts, perts, n_cells, pen, anchored, seed=seed, control_split=control_split,
+                                 decoding=decoding, clip=clip, n_neg=n_neg)
+    if D_combo is not None: res.uns[PREDICTION_KEY].update(interaction_weight=float(interaction), additive_scale=float(kappa))
+    return res

@@ -6,13 +6,14 @@ Docs: https://sccvae.github.io/sccvae/synthetic.html.md"""
 
 # %% ../nbs/00_synthetic.ipynb #359d29c4
 from __future__ import annotations
-import math
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import anndata as ad
 
 from .data import TARGET_SUM  # the normalisation the truth is computed at: the data layer's, defined once there
+from .synthetic_world import _NETWORK_SETTINGS, _World, _couple, _lognorm_sum, _range   # the drawn world (chapter 00a)
+
 
 # %% auto #0
 __all__ = ['PRESETS', 'STYLES', 'simulate_screen', 'signal_ratio', 'truth_embedding']
@@ -38,6 +39,12 @@ _DEFAULTS = dict(
     n_truth=2000,           # extra cells per perturbation for the Monte Carlo ground truth
     n_pairs=0,              # combinations "A+B" of two distinct perturbations (0: singles only, the screens as before)
     pair_cells=(60, 100),   # cells per pair
+    pair_related=0.0,       # share of pairs of two shifting targets of the same primary module (0: pairs drawn at random)
+    gene_network=0.0,       # mean out-degree of the regulator genes of a gene-level DAG (0: no gene network, the screens as before)
+    regulator_share=0.1,    # share of genes that regulate others (with the network; every non-null target is one, no null target is)
+    network_weight=(0.3, 0.8), network_negative=0.2,  # |B_ij| (direct effect of i on j, log-rate per log-rate); share of repressing (negative) edges
+    network_module_share=0.5,   # share of a regulator's children drawn from its own primary module (the rest: any gene)
+    gene_noise=0.3,         # sd of the gene-specific log-rate noise (with the network), passed on along its edges
 )
 
 PRESETS = {
@@ -54,134 +61,6 @@ PRESETS = {name: {**_DEFAULTS, **kw} for name, kw in PRESETS.items()}
 
 #: style -> (obs column of the perturbation, control label)
 STYLES = {"replogle": ("gene", "non-targeting"), "scperturb": ("perturbation", "control"), "gears": ("condition", "ctrl")}
-
-# %% ../nbs/00_synthetic.ipynb #17f31eb4
-def _range(v, name):
-    "(low, high) from a number or a pair."
-    if np.ndim(v) == 0: return float(v), float(v)
-    v = tuple(float(x) for x in v)
-    if len(v) != 2 or v[0] > v[1]:
-        raise ValueError(f"{name}={v!r} must be a number or a (low, high) pair with low <= high.")
-    return v
-
-def _draw(rng, v, name, size):
-    lo, hi = _range(v, name)
-    return rng.uniform(lo, hi, size) if hi > lo else np.full(size, lo)
-
-def _make_dag(rng, k, density, share):
-    "Random weighted DAG (strictly upper triangular) with parental variance shares in `share`; returns (A, Cov(u))."
-    if not 0 <= density <= 1: raise ValueError(f"dag_density={density} must lie in [0, 1].")
-    lo, hi = _range(share, "edge_share")
-    if not (0 <= lo and hi < 1): raise ValueError(f"edge_share={share!r} must lie in [0, 1).")
-    A = np.triu(rng.random((k, k)) < density, 1) * rng.choice([-1.0, 1.0], (k, k)) * rng.uniform(0.5, 1.0, (k, k))
-    C = np.zeros((k, k))
-    for j in range(k):          # topological order: parents' covariance is final when node j is reached
-        a = A[:j, j]
-        if j and np.any(a):
-            r = rng.uniform(lo, hi)
-            a = a * math.sqrt(r / (1 - r) / (a @ C[:j, :j] @ a))
-            A[:j, j] = a
-            C[:j, j] = C[j, :j] = C[:j, :j] @ a
-            C[j, j] = a @ C[:j, :j] @ a + 1.0
-        else:
-            C[j, j] = 1.0
-    return A, C
-
-def _make_loadings(rng, p, g, k):
-    "Non-negative genes x modules loadings: one primary module per loaded gene, sometimes a weaker second one."
-    W = np.zeros((g, k))
-    idx = np.flatnonzero(rng.random(g) < p["frac_loaded"])
-    if idx.size < k:
-        raise ValueError(f"only {idx.size} of n_genes={g} genes belong to a module but n_modules={k}; "
-                         "raise n_genes or frac_loaded, or lower n_modules.")
-    prim = rng.choice(k, idx.size, p=rng.dirichlet(np.full(k, 3.0)))   # unequal module sizes
-    prim[:k] = rng.permutation(k)                                     # every module has genes
-    W[idx, prim] = _draw(rng, p["loading"], "loading", idx.size)
-    if k > 1:
-        sec = idx[rng.random(idx.size) < p["secondary_prob"]]
-        W[sec, (prim[np.searchsorted(idx, sec)] + rng.integers(1, k, sec.size)) % k] = \
-            _draw(rng, p["secondary_loading"], "secondary_loading", sec.size)
-    return W
-
-# %% ../nbs/00_synthetic.ipynb #3018e048
-def _theta_groups(theta, n_groups=8):
-    "Quantise per-gene NB theta into groups: [(theta_group, gene indices), ...]."
-    lt = np.log(theta)
-    grp = np.searchsorted(np.quantile(lt, np.linspace(0, 1, n_groups + 1))[1:-1], lt)
-    return [(float(np.exp(lt[grp == b].mean())), np.flatnonzero(grp == b)) for b in np.unique(grp)]
-
-def _gamma(rng, n, groups, g):
-    "n x g float32 Gamma(theta_g, 1/theta_g) multipliers (mean 1)."
-    out = np.empty((n, g), np.float32)
-    for th, cols in groups:
-        out[:, cols] = rng.standard_gamma(th, (n, cols.size), dtype=np.float32) * np.float32(1 / th)
-    return out
-
-def _poisson_sum(lam, rng):
-    "Independent Poisson(lam_i) counts for a vector of (mostly tiny) rates, by superposition."
-    if lam.size == 0: return np.zeros(0, np.int64)
-    cs = np.cumsum(lam, dtype=np.float64)
-    pos = np.searchsorted(cs, rng.random(rng.poisson(cs[-1])) * cs[-1], side="right")
-    return np.bincount(np.minimum(pos, lam.size - 1), minlength=lam.size)
-
-def _lognorm_sum(K):
-    "Column sums of log1p(normalize_total(K, TARGET_SUM)) for a dense cells x genes count block."
-    rs = np.maximum(K.sum(1, keepdims=True), 1).astype(np.float64)
-    return np.log1p(K * (TARGET_SUM / rs)).sum(0)
-
-# %% ../nbs/00_synthetic.ipynb #247722a6
-class _World:
-    "The drawn structure of a synthetic screen (DAG, loadings, baselines, targets, shifts) and its rate function."
-    def __init__(self, p, rng):
-        g, k, P = int(p["n_genes"]), int(p["n_modules"]), int(p["n_perturbations"])
-        if min(g, k, P) < 1: raise ValueError(f"n_genes, n_modules and n_perturbations must be >= 1 (got {g}, {k}, {P}).")
-        self.g, self.k, self.P = g, k, P
-        self.A, self.cov = _make_dag(rng, k, p["dag_density"], p["edge_share"])
-        self.M = np.linalg.inv(np.eye(k) - self.A)                     # u = (z + s) M, M = (I - A)^-1
-        self.W = _make_loadings(rng, p, g, k)
-        self.b = rng.normal(0.0, p["baseline_sd"], g)
-        self.logZ = float(np.log(np.exp(self.b).sum()))
-        self.theta = p["theta"] * np.exp(rng.normal(0.0, p["theta_sd"], g))
-        self.groups = _theta_groups(self.theta)
-        self.kappa = float(p["saturation"])
-        if not 0 <= p["frac_null"] <= 1: raise ValueError(f"frac_null={p['frac_null']} must lie in [0, 1].")
-        q = float(p["target_quantile"])
-        elig = np.flatnonzero((self.W.sum(1) > 0) & (self.b >= np.quantile(self.b, 1 - q)))
-        if P > elig.size:
-            raise ValueError(f"n_perturbations={P} but only {elig.size} genes belong to a module and are in the top "
-                             f"target_quantile={q} by expression; raise n_genes or target_quantile, or lower n_perturbations.")
-        self.targets = np.sort(rng.choice(elig, P, replace=False))
-        self.is_null = np.zeros(P, bool)
-        self.is_null[rng.choice(P, int(round(p["frac_null"] * P)), replace=False)] = True
-        self.strength = p["effect_size"] * np.exp(rng.normal(0.0, p["effect_sd"], P)) * ~self.is_null
-        Wt = self.W[self.targets]
-        self.direction = Wt / Wt.sum(1, keepdims=True)                 # S_p on the simplex
-        self.shifts = -self.strength[:, None] * self.direction         # c_p S_p with c_p = -strength
-        self.penetrance = np.clip(_draw(rng, p["penetrance"], "penetrance", P), 0, 1)
-        self.knockdown = np.clip(_draw(rng, p["knockdown"], "knockdown", P), 0, 0.999)
-        self.batch_mult = np.exp(rng.normal(0.0, p["batch_sd"], max(1, int(p["n_batches"]))))
-        self.lib, self.lib_sd = float(p["library_size"]), float(p["library_sd"])
-        self._b32, self._Wt32 = self.b.astype(np.float32), self.W.T.astype(np.float32).copy()
-
-    def eta(self, z, shift):
-        "Log rates (cells x genes, float32) before the on-target knockdown."
-        u = (z + shift) @ self.M
-        return (self.kappa * np.tanh(u / self.kappa)).astype(np.float32) @ self._Wt32 + self._b32
-
-    def cells(self, rng, n):
-        "Per-cell draws: module noise z, batch, library factor, NB Gamma multipliers."
-        z = rng.standard_normal((n, self.k))
-        batch = rng.integers(0, len(self.batch_mult), n)
-        lib = self.lib * np.exp(self.lib_sd * rng.standard_normal(n)) * self.batch_mult[batch]
-        return z, batch, lib, _gamma(rng, n, self.groups, self.g)
-
-    def rates(self, eta, lib, gam):
-        "Poisson rates given log rates, library factors and Gamma multipliers (overwrites `eta`)."
-        eta -= np.float32(self.logZ)
-        np.exp(eta, out=eta)
-        eta *= lib[:, None].astype(np.float32)
-        eta *= gam
-        return eta
 
 # %% ../nbs/00_synthetic.ipynb #483202dd
 def _truth(w, p, rng, pairs=None, rng_pair=None):
@@ -202,20 +81,20 @@ def _truth(w, p, rng, pairs=None, rng_pair=None):
         sums[0] += _lognorm_sum(K0)
         for i in range(w.P):
             t, Kp = w.targets[i], K0.copy()
-            if w.is_null[i]:              # only the target's rate changes
+            if w.B is not None:           # the same rate ratio in every cell, on the target and its descendants
+                cols = np.flatnonzero(w.kd_rows[i])
+                Kp[:, cols] = _couple(K0[:, cols], lam0[:, cols], np.broadcast_to(np.exp(w.kd_rows[i, cols]), (m, cols.size)), rng)
+            elif w.is_null[i]:            # only the target's rate changes
                 Kp[:, t] = rng.binomial(K0[:, t], 1 - w.knockdown[i])
             else:
                 r = w.eta(z, w.shifts[i][None])
                 r[:, t] += kd_log[i]
                 r -= eta0
                 np.exp(r, out=r)          # rate ratio lambda_p / lambda_0
-                dn = (r < 1) & (K0 > 0)
-                Kp[dn] = rng.binomial(K0[dn], r[dn])
-                up = r > 1
-                Kp[up] += _poisson_sum(lam0[up] * (r[up] - 1), rng)
+                Kp = _couple(K0, lam0, r, rng)
             sums[i + 1] += _lognorm_sum(Kp)
         for q, (i, j) in enumerate(pairs if pairs is not None else []):
-            pair_sums[q] += _lognorm_sum(_pair_mc(w, z, K0, lam0, eta0, i, j, kd_log, rng_pair))
+            pair_sums[q] += _lognorm_sum(_pair_mc(w, z, K0, lam0, eta0, i, j, rng_pair))
     m_ctrl, m_aff = sums[0] / n, sums[1:] / n
     pi = w.penetrance[:, None]
     return np.vstack([m_ctrl, pi * m_aff + (1 - pi) * m_ctrl]), _pair_mix(w, pairs, pair_sums / n, m_aff, m_ctrl)
@@ -226,7 +105,6 @@ def _counts(w, code, affected, rng, code2=None, affected2=None):
     also carry a second perturbation `code2` whose shift adds to the first (each with its own `affected` draw)."""
     N = code.size
     chunk = max(32, int(1e6 // w.g))
-    kd_log = np.log1p(-w.knockdown).astype(np.float32)
     data = ind = None; pos = 0; nnz_row = np.zeros(N, np.int64); batch = np.zeros(N, np.int64)
     for s in range(0, N, chunk):
         c, a = code[s:s + chunk], affected[s:s + chunk]
@@ -237,10 +115,10 @@ def _counts(w, code, affected, rng, code2=None, affected2=None):
             shift[a2] += w.shifts[c2[a2]]
         eta = w.eta(z, shift)
         ra = np.flatnonzero(a)
-        eta[ra, w.targets[c[ra]]] += kd_log[c[ra]]
+        eta[ra] += w.kd_rows[c[ra]]                   # the knockdown: the target's column (and, with the network, its descendants)
         if code2 is not None:
             rb = np.flatnonzero(a2)
-            eta[rb, w.targets[c2[rb]]] += kd_log[c2[rb]]
+            eta[rb] += w.kd_rows[c2[rb]]
         K = rng.poisson(w.rates(eta, lib, gam))
         r, col = np.nonzero(K)
         if data is None or pos + r.size > data.size:   # size the buffer from the first block, grow if needed
@@ -255,7 +133,12 @@ def _counts(w, code, affected, rng, code2=None, affected2=None):
     return sp.csr_matrix((data, ind, indptr), shape=(N, w.g)), batch
 
 # %% ../nbs/00_synthetic.ipynb #0dc2e621
-_PAIR_SETTINGS = ("n_pairs", "pair_cells")
+_PAIR_SETTINGS = ("n_pairs", "pair_cells", "pair_related")
+
+def _related(w, iu, ju):
+    "Whether each candidate pair's targets both shift (not null) and share a primary module (one saturating module)."
+    m = w.W[w.targets].argmax(1)
+    return (m[iu] == m[ju]) & ~w.is_null[iu] & ~w.is_null[ju]
 
 def _draw_pairs(rng, w, p):
     "(Q x 2 perturbation indices, a < b, in sorted order; cells per pair), or (None, None) without pairs."
@@ -264,7 +147,14 @@ def _draw_pairs(rng, w, p):
     iu, ju = np.triu_indices(w.P, 1)
     if not 0 < Q <= iu.size:
         raise ValueError(f"n_pairs={Q}: {w.P} perturbations make {iu.size} distinct pairs; pass 0 <= n_pairs <= {iu.size}.")
-    pick = np.sort(rng.choice(iu.size, Q, replace=False))
+    rel = float(p["pair_related"])
+    if not 0 <= rel <= 1: raise ValueError(f"pair_related={rel} must lie in [0, 1].")
+    if rel == 0: pick = np.sort(rng.choice(iu.size, Q, replace=False))
+    else:                                    # a share `rel` among related pairs (as many as there are), the rest among the others
+        linked = _related(w, iu, ju)
+        cand, other = np.flatnonzero(linked), np.flatnonzero(~linked)
+        q1 = max(min(int(round(rel * Q)), cand.size), Q - other.size)
+        pick = np.sort(np.concatenate([rng.choice(cand, q1, replace=False), rng.choice(other, Q - q1, replace=False)]))
     lo, hi = (int(v) for v in _range(p["pair_cells"], "pair_cells"))
     if lo < 1: raise ValueError(f"pair_cells={p['pair_cells']!r} must be >= 1.")
     return np.stack([iu[pick], ju[pick]], 1), rng.integers(lo, hi + 1, Q)
@@ -279,19 +169,15 @@ def _pair_cells(w, pairs, n_pair, rng, X, code, batch):
     return sp.vstack([X, Xq], format="csr"), np.concatenate([code, w.P + 1 + q]), np.concatenate([batch, bq])
 
 # %% ../nbs/00_synthetic.ipynb #fbde41e9
-def _pair_mc(w, z, K0, lam0, eta0, i, j, kd_log, rng):
+def _pair_mc(w, z, K0, lam0, eta0, i, j, rng):
     "Counts of the control cells K0 had both i and j acted (coupled: thinned or topped up by the rate ratio)."
+    if w.B is not None:                   # both knockdowns propagate; the log-rate changes add
+        return _couple(K0, lam0, np.broadcast_to(np.exp(w.kd_rows[i] + w.kd_rows[j]), K0.shape), rng)
     r = w.eta(z, (w.shifts[i] + w.shifts[j])[None])
-    r[:, w.targets[i]] += kd_log[i]
-    r[:, w.targets[j]] += kd_log[j]
+    r += w.kd_rows[i] + w.kd_rows[j]      # the two targets' columns
     r -= eta0
     np.exp(r, out=r)
-    Kp = K0.copy()
-    dn = (r < 1) & (K0 > 0)
-    Kp[dn] = rng.binomial(K0[dn], r[dn])
-    up = r > 1
-    Kp[up] += _poisson_sum(lam0[up] * (r[up] - 1), rng)
-    return Kp
+    return _couple(K0, lam0, r, rng)
 
 def _pair_mix(w, pairs, m_ab, m_aff, m_ctrl):
     "Pair means over the four penetrance states (Q x genes; 0 rows without pairs)."
@@ -317,7 +203,8 @@ def simulate_screen(size: str = "tiny", # preset: 'tiny', 'small', 'demo' or 'k5
                     **overrides, # any setting of `PRESETS[size]`, e.g. n_genes=500, frac_null=0.3
                    ) -> ad.AnnData:
     """A synthetic CRISPR screen with raw NB counts in `X` (CSR float32) and its ground truth in `uns['sccvae_truth']`;
-    with `n_pairs=Q`, Q combinations "A+B" follow the single-perturbation cells (see Pairs below)."""
+    with `n_pairs=Q`, Q combinations "A+B" follow the single-perturbation cells (see Pairs below); with
+    `gene_network=d`, a gene-level regulatory DAG carries every knockdown to the target's descendants (see below)."""
     if size not in PRESETS:
         raise ValueError(f"size={size!r} is not a preset; use one of {list(PRESETS)} and override settings by keyword.")
     if style not in STYLES:
@@ -325,9 +212,9 @@ def simulate_screen(size: str = "tiny", # preset: 'tiny', 'small', 'demo' or 'k5
     bad = sorted(set(overrides) - set(_DEFAULTS))
     if bad: raise ValueError(f"unknown setting(s) {bad}; the settings are {sorted(_DEFAULTS)}.")
     p = {**PRESETS[size], **overrides}
-    seeds = np.random.SeedSequence(seed).spawn(5)      # children 3, 4 (pairs) leave the draws of 0-2 where they were
-    r_world, r_cells, r_truth, r_pair, r_pair_truth = (np.random.default_rng(s) for s in seeds)
-    w = _World(p, r_world)
+    seeds = np.random.SeedSequence(seed).spawn(6)      # children 3, 4 (pairs), 5 (gene network) leave 0-2 where they were
+    r_world, r_cells, r_truth, r_pair, r_pair_truth, r_net = (np.random.default_rng(s) for s in seeds)
+    w = _World(p, r_world, r_net)
     pairs, n_pair = _draw_pairs(r_pair, w, p)
     lo, hi = (int(v) for v in _range(p["cells_per_perturbation"], "cells_per_perturbation"))
     if lo < 1 or int(p["n_control"]) < 2:
@@ -379,10 +266,14 @@ def _assemble(X, code, affected, batch, w, tmean, p, *, size, seed, style, pairs
         true_mean_method="coupled Monte Carlo over n_truth extra cells per perturbation, penetrance integrated exactly",
         modules={mods[j]: [str(s) for s in symbols[dom == j]] for j in range(w.k)},
         gene_module=dom.astype(np.int64), baseline=w.b.astype(np.float32), theta=w.theta.astype(np.float32),
-        params={**{k: _plain(v) for k, v in p.items() if pairs is not None or k not in _PAIR_SETTINGS},
+        params={**{k: _plain(v) for k, v in p.items() if (pairs is not None or k not in _PAIR_SETTINGS)
+                   and (w.B is not None or k not in _NETWORK_SETTINGS)},
                 "size": size, "seed": int(seed), "style": style, "n_cells": int(code.size), "target_sum": TARGET_SUM},
     )
     if pairs is not None: truth.update(_pair_truth(pairs, pair_labels, pair_mean, tmean))
+    if pairs is not None and p["pair_related"] > 0: truth["pair_related"] = _related(w, pairs[:, 0], pairs[:, 1])
+    if w.B is not None: truth.update(gene_dag=w.B.copy(), regulators=w.regulators.copy(), gene_order=w.order.astype(np.int64),
+                                     lograte_effect=w.kd_rows.copy())
     return ad.AnnData(X=X, obs=obs, var=var, uns={"sccvae_truth": truth})
 
 # %% ../nbs/00_synthetic.ipynb #c030c702

@@ -228,6 +228,17 @@ def test_cli_benchmark(tmp_path, capsys):
         cli.main(["benchmark", "--baselines", "ctrl", "--out", str(tmp_path / "x")])
 
 
+def test_cli_benchmark_pairs(tmp_path, capsys):
+    "`sccvae benchmark --pairs`: a simulated screen with pairs, the pair baselines, the table by seen-singles class."
+    from sccvae import cli
+    out = tmp_path / "pairs"
+    assert cli.main(["benchmark", "--pairs", "--n-pairs", "16", "--configs", "", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "| metric | columns | control | perturbed_mean | additive | ceiling |" in text and "| metric | pairs |" in text
+    assert "by seen-singles class" in (out / "report.md").read_text()
+    assert json.loads((out / "settings.json").read_text())["pair_unseen_genes"]
+
+
 def test_reproducible_and_parallel_folds_give_the_same_scores(screen):
     kw = dict(configs=None, baselines=["perturbed_mean", "nearest_3", "ceiling"], n_folds=2, n_eval_cells=40)
     one, two = benchmark(screen, seed=4, workers=1, **kw), benchmark(screen, seed=4, workers=2, **kw)

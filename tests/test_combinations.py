@@ -146,3 +146,35 @@ def test_training_on_pairs_shifts_by_the_sum_and_trains_both_genes():
     assert g[ga] != 0 and g[gb] != 0 and int((g != 0).sum()) == 2
     tr.fit()
     assert np.isfinite(tr.history[-1]["train_loss"]) and np.isfinite(tr.history[-1]["val_loss"])
+
+
+def test_fit_interaction_closed_form_and_prediction_centre(monkeypatch):
+    "With no model interaction (I = 0) the fitted rule is kappa = <obs, add>/<add, add> over the trained pairs; predict centres held-out pairs on it."
+    import warnings
+    from sccvae import data as D
+    from sccvae.model import SCCVAE
+    from sccvae.predict import PredictMixin
+    a, _ = _pair_screen()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = SCCVAE(a, n_latent=6, n_hidden=16, n_label_components=6, seed=0)
+        m.train(max_epochs=1, progress=False, accelerator="cpu")
+    pairs = m.trained_combinations()
+    t, tr = D.targets(a).astype(str).to_numpy(), (a.obs["split"] == "train").to_numpy()
+    mean = lambda p: np.asarray(a.X[np.flatnonzero(tr & (t == p))].mean(0), np.float64).ravel()
+    ctrl = mean("control")
+    obs = np.stack([mean(p) - ctrl for p in pairs])
+    add = np.stack([mean(p.split("+")[0]) + mean(p.split("+")[1]) - 2 * ctrl for p in pairs])
+    monkeypatch.setattr(PredictMixin, "_decoded_changes", lambda self, mod, u0, v, C, cols, lib=None: np.zeros((v.shape[0], a.n_vars)))
+    fit = m.fit_interaction(seed=1)
+    assert fit["weight"] == 0.0 and fit["pairs"] == len(pairs) >= 3
+    assert fit["kappa"] == pytest.approx((obs * add).sum() / (add * add).sum(), rel=1e-5)
+    held = sorted(p for p in set(t[(a.obs["split"] == "test").to_numpy()]) if "+" in p and all(g in m.train_perturbations for g in p.split("+")))
+    q = held[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m._interaction_fit = ((int(m.module.n_steps), 256, 0), fit)        # the same rule for the default call
+        pred = m.predict([q], n_cells=64, seed=0, clip=False)
+    want = fit["kappa"] * (mean(q.split("+")[0]) + mean(q.split("+")[1]) - 2 * ctrl)
+    np.testing.assert_allclose(np.asarray(pred.X, np.float64).mean(0) - m.anchor.control_mean_, want, atol=2e-5)
+    assert pred.uns["sccvae_prediction"]["additive_scale"] == pytest.approx(fit["kappa"])

@@ -208,3 +208,124 @@ def test_pairs_survive_h5ad(tmp_path):
 def test_bad_pair_settings(kwargs, msg):
     with pytest.raises(ValueError, match=msg):
         simulate_screen("tiny", seed=0, n_truth=10, **kwargs)
+
+
+# --- gene-level regulatory network (issue 14) ---------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def networked():
+    return simulate_screen("tiny", seed=0, gene_network=5)
+
+
+def _dense_total(B):
+    return np.linalg.inv(np.eye(B.shape[0]) - B.toarray().astype(np.float64))
+
+
+def test_no_network_by_default(tiny):
+    t = tiny.uns["sccvae_truth"]
+    assert not {"gene_dag", "regulators", "gene_order", "lograte_effect"} & set(t)
+    assert not {"gene_network", "regulator_share", "gene_noise"} & set(t["params"])
+
+
+def test_network_keeps_the_world_and_zeroes_the_shifts(tiny, networked):
+    t, n = tiny.uns["sccvae_truth"], networked.uns["sccvae_truth"]
+    for k in ["target_index", "penetrance", "knockdown", "is_null", "loadings", "dag", "baseline"]:
+        np.testing.assert_array_equal(n[k], t[k], err_msg=k)
+    assert np.all(n["shifts"] == 0) and np.all(n["strength"] == 0) and networked.shape == tiny.shape
+    assert float(n["params"]["gene_network"]) == 5 and "network_weight" in n["params"]
+
+
+def test_gene_dag_is_acyclic_and_regulators_are_the_non_null_targets(networked):
+    t = networked.uns["sccvae_truth"]
+    B, G = t["gene_dag"], networked.n_vars
+    assert sp.isspmatrix_csr(B) and B.shape == (G, G) and B.dtype == np.float32 and B.diagonal().max() == 0
+    pos = np.empty(G, int); pos[t["gene_order"]] = np.arange(G)
+    r, c = B.nonzero()
+    assert np.all(pos[r] < pos[c])
+    out = np.diff(B.indptr)
+    assert np.array_equal(out > 0, t["regulators"])
+    ti, null = t["target_index"], t["is_null"]
+    assert np.all(out[ti[~null]] >= 1) and np.all(out[ti[null]] == 0)
+    assert t["regulators"].sum() == round(0.1 * G)
+    w = np.abs(B.data)
+    assert w.min() >= 0.3 - 1e-6 and w.max() <= 0.8 + 1e-6 and 0 < (B.data < 0).mean() < 0.5
+    assert 3 < B.nnz / t["regulators"].sum() < 7
+
+
+def test_propagate_matches_the_dense_inverse(networked):
+    from sccvae.synthetic_world import _propagate
+    B = networked.uns["sccvae_truth"]["gene_dag"]
+    x = np.random.default_rng(0).standard_normal((5, B.shape[0])).astype(np.float32)
+    np.testing.assert_allclose(_propagate(x, B), x @ _dense_total(B), rtol=1e-5, atol=1e-5)
+
+
+def test_knockdown_propagates_to_descendants(networked):
+    t = networked.uns["sccvae_truth"]
+    B, ti = t["gene_dag"], t["target_index"]
+    R = _dense_total(B)
+    kd, pi = np.log1p(-t["knockdown"].astype(np.float64)), t["penetrance"].astype(np.float64)
+    np.testing.assert_allclose(t["lograte_effect"], kd[:, None] * R[ti], rtol=1e-5, atol=1e-6)
+    mean = np.asarray(networked.X.mean(0)).ravel()
+    checked = 0
+    for i, g in enumerate(ti):
+        for j in B[g].indices:
+            if abs(R[g, j] - B[g, j]) < 1e-9 and mean[j] > 20:              # direct child, no other path, expressed
+                want = B[g, j] * kd[i] * pi[i]
+                assert abs(t["true_effect"][i, j] - want) <= 0.1 * abs(want), (i, j)
+                checked += 1
+    assert checked >= 2
+    desc = np.abs(t["lograte_effect"]) > 0                                  # beyond the children too
+    assert (desc.sum(1) - 1 > np.diff(B.indptr)[ti]).any()
+    te = t["true_effect"].copy(); te[np.arange(len(ti)), ti] = 0            # null targets: only the target moves
+    assert np.abs(te[t["is_null"]]).max() < 0.05
+
+
+def test_network_cells_show_the_knockdown_on_children(networked):
+    t = networked.uns["sccvae_truth"]
+    X = networked.X.toarray().astype(np.float64); X = np.log1p(X / np.maximum(X.sum(1, keepdims=True), 1) * 1e4)
+    lab = networked.obs["gene"].astype(str).to_numpy()
+    ctrl = X[lab == "non-targeting"].mean(0)
+    obs = np.stack([X[lab == p].mean(0) - ctrl for p in t["perturbations"]])
+    strong = np.abs(t["true_effect"]) > 0.3
+    strong[np.arange(len(obs)), t["target_index"]] = False                 # off-target (network) effects only
+    assert strong.sum() > 10 and np.mean(np.sign(obs[strong]) == np.sign(t["true_effect"][strong])) > 0.9
+
+
+def test_network_pairs_carry_both_knockdowns():
+    q = simulate_screen("tiny", seed=0, gene_network=5, n_pairs=6, n_truth=300)
+    t = q.uns["sccvae_truth"]
+    lr = t["lograte_effect"]
+    for k, (i, j) in enumerate(t["pair_index"]):
+        both = lr[i] + lr[j]
+        moved = np.abs(both) > 0.5
+        assert np.all(np.sign(t["pair_effect"][k][moved]) == np.sign(both[moved]))
+
+
+def test_network_survives_h5ad(networked, tmp_path):
+    networked.write_h5ad(tmp_path / "n.h5ad")
+    b = ad.read_h5ad(tmp_path / "n.h5ad").uns["sccvae_truth"]
+    t = networked.uns["sccvae_truth"]
+    assert sp.issparse(b["gene_dag"]) and (sp.csr_matrix(b["gene_dag"]) != t["gene_dag"]).nnz == 0
+    for k in ["regulators", "gene_order", "lograte_effect", "true_effect"]:
+        np.testing.assert_array_equal(np.asarray(b[k]), np.asarray(t[k]), err_msg=k)
+
+
+@pytest.mark.parametrize("kwargs,msg", [(dict(gene_network=-1), "gene_network"), (dict(regulator_share=2.0), "regulator_share"),
+                                        (dict(network_negative=-0.1), "network_negative"),
+                                        (dict(network_weight=(-0.5, 0.5)), "network_weight"), (dict(gene_noise=-1), "gene_noise")])
+def test_bad_network_settings(kwargs, msg):
+    kw = {"gene_network": 3, **kwargs}
+    with pytest.raises(ValueError, match=msg):
+        simulate_screen("tiny", seed=0, n_truth=10, **kw)
+
+
+def test_pair_related_draws_same_module_shifting_pairs():
+    "pair_related=r: round(r·Q) pairs of two shifting targets of one module; r=0 is the random draw, unchanged."
+    a = simulate_screen("tiny", seed=3, n_pairs=10, pair_related=0.4)
+    t = a.uns["sccvae_truth"]
+    rel, pidx, mods = np.asarray(t["pair_related"]), np.asarray(t["pair_index"]), np.asarray(t["target_module"])
+    assert rel.sum() == 4 and (mods[pidx[rel, 0]] == mods[pidx[rel, 1]]).all() and not np.asarray(t["is_null"])[pidx[rel]].any()
+    b0, b1 = simulate_screen("tiny", seed=3, n_pairs=10), simulate_screen("tiny", seed=3, n_pairs=10, pair_related=0.0)
+    assert (b0.X != b1.X).nnz == 0 and "pair_related" not in b0.uns["sccvae_truth"]
+    with pytest.raises(ValueError, match="pair_related"):
+        simulate_screen("tiny", n_pairs=4, pair_related=-0.1)
