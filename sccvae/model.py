@@ -494,6 +494,7 @@ def total_effects(self: SCCVAE, genes=None, **kwargs) -> pd.DataFrame:
 
 @patch
 def direct_effects(self: SCCVAE, genes=None, *, lam: float = 1e-2, rank: int | None = None, n_cells: int = 64,
-                   seed: int = 0) -> pd.DataFrame:
-    "Direct effects over `genes` (default: all with a label) from `total_effects` (`sccvae.effects.direct_effects`)."
-    return _effects.direct_effects(self.total_effects(genes, n_cells=n_cells, seed=seed), lam=lam, rank=rank)
+                   seed: int = 0, observed: bool = True, **kwargs) -> pd.DataFrame:
+    "Direct effects over `genes` (default: all with a label) from `total_effects(observed=...)`: data rows where there are data; `kwargs`: `sccvae.effects.direct_effects`'s."
+    T = self.total_effects(genes, n_cells=n_cells, seed=seed, observed=observed)
+    return _effects.direct_effects(T, lam=lam, rank=rank, **kwargs)
