@@ -19,7 +19,7 @@ from .experiment.config import (RunConfig, GRAPH_ORDER, add_cli_options, cli_kwa
 from .experiment.prepare import check_h5ad, prepare
 from .experiment.fold import run_fold
 from .experiment.report import report
-from .experiment.launch import run_many, parse_folds, run_demo
+from .experiment.launch import run_many, parse_folds, run_demo, slurm_script
 from .experiment.benchmark import benchmark, PAIR_BASELINES
 from .synthetic import simulate_screen
 from .experiment.benchmark_configs import BENCHMARK_CONFIGS, BENCHMARK_BASELINES, DEFAULT_BASELINES
@@ -65,6 +65,10 @@ def _add_run_parser(sub):
     g.add_argument("--template", default=None, help="papermill template (default: nbs/90_run_fold.ipynb of the checkout)")
     g.add_argument("--no-report", action="store_true", help="do not write the pooled report at the end")
     g.add_argument("--dry-run", action="store_true", help="print the commands without running them")
+    g.add_argument("--emit-slurm", default=None, metavar="PATH",
+                   help="prepare the data here and write a Slurm job-array script (one fold x graph per task) instead of running")
+    g.add_argument("--slurm-sbatch", action="append", default=[], metavar="OPTION",
+                   help="an extra #SBATCH option for --emit-slurm, e.g. --slurm-sbatch=--partition=gpu (repeatable)")
 
 # %% ../nbs/56_cli.ipynb #ce357b24
 def build_parser() -> argparse.ArgumentParser:
@@ -186,6 +190,13 @@ def _cmd_run(a):
     _check_args(a, folds, graphs)
     kw = fold_kwargs(a)
     tasks = [dict(kw, split=k, graph=g) for k in folds for g in graphs]
+    if a.emit_slurm:
+        p = slurm_script(tasks, a.emit_slurm, papermill=not a.no_papermill, template=a.template, sbatch=a.slurm_sbatch,
+                         prepare_here=not a.dry_run)
+        run = Path(a.out_dir) / kw["name"]
+        print(f"{len(tasks)} tasks: {p}\nsubmit:  jid=$(sbatch --parsable {p})\nreport:  sbatch --dependency=afterok:$jid "
+              f"--wrap \"sccvae report {run}\"")
+        return 0
     gpus = _gpus(a.gpus)
     t0 = time.perf_counter()
     tab = run_many(tasks, gpus=gpus, workers=a.workers, papermill=not a.no_papermill, template=a.template, dry_run=a.dry_run)

@@ -89,3 +89,22 @@ def test_run_no_papermill_then_report_and_prepare(tmp_path):
     r = _sccvae("prepare", "--name", "cli", "--out-dir", str(tmp_path), "--n-folds", "3", "--n-label-components", "10")
     assert r.returncode == 0, r.stderr
     assert "held-out perturbations per fold" in r.stdout and "prepared:" in r.stdout
+
+
+def test_emit_slurm_array_runs_one_task(tmp_path):
+    "`sccvae run --emit-slurm`: prepares once, writes a job array of folds x graphs; its task 0 runs that fold."
+    script = tmp_path / "run.sbatch"
+    r = _sccvae("run", "--name", "sl", "--out-dir", str(tmp_path), "--folds", "0-1", "--graphs", "full,conditional",
+                "--gpus", "cpu", "--no-papermill", "--no-figures", "--emit-slurm", str(script),
+                "--slurm-sbatch=--partition=gpu", *TINY)
+    assert r.returncode == 0, r.stdout + r.stderr
+    text = script.read_text()
+    assert "#SBATCH --array=0-3" in text and "#SBATCH --partition=gpu" in text and "sbatch --parsable" in r.stdout
+    assert (tmp_path / "sl" / "prepared").is_dir()                                          # prepared here, once
+    env = dict(os.environ, IN_TEST="1", OMP_NUM_THREADS="1", SLURM_ARRAY_TASK_ID="0")
+    done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr + (tmp_path / "sl" / "split_0" / "conditional" / "run.log").read_text()
+    assert (tmp_path / "sl" / "split_0" / "conditional" / "DONE.json").exists() ^ (tmp_path / "sl" / "split_0" / "full" / "DONE.json").exists()
+    bad = subprocess.run(["bash", str(script)], env={k: v for k, v in env.items() if k != "SLURM_ARRAY_TASK_ID"},
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and "sbatch" in bad.stderr

@@ -6,7 +6,7 @@ Docs: https://sccvae.github.io/sccvae/experiment_launch.html.md"""
 
 # %% ../../nbs/54_experiment_launch.ipynb #e9650f82
 from __future__ import annotations
-import json, logging, os, queue, re, subprocess, sys, threading, time, warnings
+import json, logging, os, queue, re, shlex, subprocess, sys, threading, time, warnings
 import multiprocessing as mp
 from pathlib import Path
 from collections.abc import Sequence
@@ -18,12 +18,13 @@ from .config import (GRAPH_ORDER, TEMPLATE_PARAMS, DEMO_SETTINGS, QUICK_SETTINGS
 from .prepare import prepare
 from .fold import run_fold
 from .report import report
+from ..utils import write_text
 
 _log = logging.getLogger("sccvae")
 _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 # %% auto #0
-__all__ = ['find_template', 'task_command', 'run_many', 'parse_folds', 'run_demo']
+__all__ = ['find_template', 'task_command', 'run_many', 'parse_folds', 'slurm_script', 'run_demo']
 
 # %% ../../nbs/54_experiment_launch.ipynb #c1a3281f
 def find_template() -> Path | None:
@@ -139,6 +140,36 @@ def parse_folds(s) -> list[int]:
         out += list(range(a, b + 1))
     if not out: raise ValueError(f"no folds in {s!r}; write e.g. '0-4' or '0,2'.")
     return sorted(dict.fromkeys(out))
+
+# %% ../../nbs/54_experiment_launch.ipynb #b7767722
+def slurm_script(tasks: Sequence[dict], path, *, # `run_fold` keyword dicts (one array task each); where the script goes
+                 papermill: bool = True, template=None, # as `run_many`
+                 sbatch: Sequence[str] = (), # extra `#SBATCH` options, e.g. ['--partition=gpu', '--time=04:00:00']
+                 prepare_here: bool = True, # prepare the data now (False: the tasks' folders must be prepared already)
+                ) -> Path:
+    "Write a Slurm job-array script that runs one task per array index; returns its path (written atomically)."
+    tasks = [_absolute(t) for t in tasks]
+    if not tasks: raise ValueError("no tasks: give at least one (fold, graph).")
+    if papermill:
+        template = Path(template) if template else find_template()
+        if template is None or not template.exists():
+            raise FileNotFoundError("the papermill template nbs/90_run_fold.ipynb was not found: pass template=, set "
+                                    "SCCVAE_TEMPLATE, or papermill=False.")
+    bad = [o for o in sbatch if not str(o).startswith("-")]
+    if bad: raise ValueError(f"sbatch options {bad} must look like '--partition=gpu' (one option each).")
+    if prepare_here: tasks = _prepare_once(tasks, dry_run=False)
+    cmds = [task_command(t, papermill=papermill, template=template) for t in tasks]
+    run = Path(tasks[0]["out_dir"]) / tasks[0]["name"]
+    opts = [f"--job-name=sccvae-{tasks[0]['name']}", f"--array=0-{len(tasks) - 1}", f"--output={run}/slurm/%A_%a.out"]
+    if not any(str(o).startswith(("--gpus", "--gres")) for o in sbatch): opts.append("--gpus-per-task=1")
+    lines = ["#!/bin/bash"] + [f"#SBATCH {o}" for o in opts + list(sbatch)] + [
+        f"# sccvae: {len(tasks)} tasks (fold x graph), one per array index; when all are done: sccvae report {shlex.quote(str(run))}",
+        "set -euo pipefail", "TASKS=("] + [f"  {shlex.quote(shlex.join(c))}" for c, _ in cmds] + [")", "DIRS=("] + [
+        f"  {shlex.quote(str(d))}" for _, d in cmds] + [")",
+        'i="${SLURM_ARRAY_TASK_ID:?run this script with sbatch (it is a job array)}"',
+        'mkdir -p "${DIRS[$i]}"', 'cd "${DIRS[$i]}"', 'eval "${TASKS[$i]}" > "${DIRS[$i]}/run.log" 2>&1', ""]
+    (run / "slurm").mkdir(parents=True, exist_ok=True)
+    return write_text(Path(path), "\n".join(lines))
 
 # %% ../../nbs/54_experiment_launch.ipynb #cbc5d24f
 def _demo_task(kw: dict) -> tuple:
