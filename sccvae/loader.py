@@ -47,8 +47,8 @@ class PerturbationData:
         codes = np.array([lut.get(x, -2) if isinstance(x, str) else -2 for x in t], dtype=np.int64)
         self.codes = torch.from_numpy(codes)
         unl = sorted(set(x for x, c in zip(t, codes) if c == -2 and isinstance(x, str)))
-        if unl: _log.info("%d perturbations have cells but no label (a combination: a gene without one) and are not "
-                          "used: %s", len(unl), unl[:5])
+        if unl: _log.info("%d perturbations with cells are not among the labelled (training) perturbations, nor "
+                          "combinations of them, and are not used: %s", len(unl), unl[:5])
         if split_key is not None and split_key not in adata.obs:
             raise KeyError(f"split_key={split_key!r} is not in adata.obs; call `apply_split(adata, manifest, fold)` first "
                            "or pass split_key=None to use every cell for training.")

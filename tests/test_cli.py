@@ -48,7 +48,8 @@ def test_every_cli_flag_maps_to_a_run_config_field():
     from dataclasses import fields
     from sccvae.experiment.config import RunConfig, option_reach
     names = {f.name for f in fields(RunConfig)}
-    execution = {"folds", "graphs", "gpus", "workers", "no_papermill", "template", "no_report", "dry_run", "kwargs", "verbose", "help"}
+    execution = {"folds", "graphs", "gpus", "workers", "no_papermill", "template", "no_report", "dry_run", "emit_slurm", "slurm_sbatch",
+                 "kwargs", "verbose", "help"}
     sub = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     for cmd in ("run", "fold", "prepare"):
         for act in sub.choices[cmd]._actions:

@@ -246,7 +246,7 @@ def _run_fold(adata, manifest, k, *, cfgs, bls, bl_labels, labels, seed, n_eval_
         truth[p] = _rows_of(adata, idx)
     counts = {p: len(v) for p, v in truth.items()}
     times.append((k, "reference", "setup", time.perf_counter() - t0))
-    _log.info("benchmark fold %d: %d held-out perturbations, %d truth cells", k, len(held), sum(counts.values()))
+    _log.info("benchmark fold %s: %d held-out perturbations, %d truth cells", k, len(held), sum(counts.values()))
     preds = {}
     for bname, fac in bls.items():
         t0 = time.perf_counter()
@@ -257,7 +257,7 @@ def _run_fold(adata, manifest, k, *, cfgs, bls, bl_labels, labels, seed, n_eval_
             preds[bname] = (_baseline_cells(_make_baseline(fac, bl_labels, seed), adata, held, counts, seed, split_key), truth)
         times.append((k, bname, "fit+predict", time.perf_counter() - t0))
     for cname, cfg in cfgs.items():
-        _log.info("benchmark fold %d: training %s", k, cname)
+        _log.info("benchmark fold %s: training %s", k, cname)
         cells, tim = run_config(adata, cfg, held, counts, seed=seed, labels=labels, accelerator=accelerator,
                                 max_epochs=max_epochs, name=cname)
         preds[cname] = (cells, truth)
@@ -298,7 +298,7 @@ def _run_folds(adata, manifest, folds, workers, kw):
         with mp.get_context("spawn").Pool(min(workers, len(folds)), initializer=_init_worker,
                                           initargs=(dict(adata=adata, manifest=manifest, kw=kw),)) as pool:
             for k, out, secs in pool.imap_unordered(_fold_worker, folds):
-                _log.info("benchmark fold %d done in %.0f s", k, secs)
+                _log.info("benchmark fold %s done in %.0f s", k, secs)
                 res[k] = out
     finally:
         for v, x in old.items():
