@@ -322,7 +322,7 @@ def fit_interaction(self: PredictMixin, *, n_cells: int = 256, seed: int = 0) ->
     seen = {p: j for j, p in enumerate(self.train_perturbations)}
     bulk = _train_pseudobulk(self).double().cpu().numpy() - ctrl
     obs = np.stack([data.rows(data.indices("train", perturbation=p)).double().mean(0).cpu().numpy() for p in pairs]) - ctrl
-    resid = obs - np.stack([sum(bulk[seen[g]] for g in scd.combination_parts(p)) for p in pairs])
+    add = np.stack([sum(bulk[seen[g]] for g in scd.combination_parts(p)) for p in pairs])   # Σ_k observed Δ_k
     z, pick = self.control_latents(n_cells, seed, return_index=True)
     A = mod.adjacency()
     u0 = scm_solve(z, A)
@@ -334,7 +334,6 @@ def fit_interaction(self: PredictMixin, *, n_cells: int = 256, seed: int = 0) ->
     at = {g: i for i, g in enumerate(genes)}
     I = self._decoded_changes(mod, u0, scm_solve(cS, A), C, cols, lib) - np.stack(
         [sum(m1[at[g]] for g in scd.combination_parts(p)) for p in pairs])
-    add = obs - resid                                                        # Σ_k observed Δ_k
     X = np.stack([add.ravel(), I.ravel()], 1)
     den = max(float((add * add).sum()), 1e-300)
     kappa, w = np.linalg.lstsq(X, obs.ravel(), rcond=None)[0] if np.abs(I).sum() > 0 else ((obs * add).sum() / den, 0.0)

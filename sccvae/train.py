@@ -277,10 +277,11 @@ def _init_decoder(self: Trainer):
 @patch
 def _batch(self: Trainer, idx, generator):
     codes = self.data.codes[idx]
-    _, _, layout = batch_groups(codes)            # MMD groups: one per perturbation or combination
-    G = self.data.gene_codes(codes)               # each row's genes (B x K; a combination has K >= 2)
-    if G.shape[1] == 1: G = G[:, 0]
-    uniq, inv = torch.unique(G, return_inverse=True)
+    uniq, inv, layout = batch_groups(codes)       # MMD groups: one per perturbation or combination
+    G = codes
+    if self.data.combinations:                    # each row's genes (B x K; a combination has K >= 2)
+        G = self.data.gene_codes(codes)
+        uniq, inv = torch.unique(G, return_inverse=True)
     labels_g = self.labels0[uniq.to(self.device)]  # code -1 -> the last (zero) row
     index = inv.to(self.device)
     c = self.module.penetrance_of(G.to(self.device))
