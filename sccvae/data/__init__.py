@@ -7,13 +7,15 @@ Docs: https://sccvae.github.io/sccvae/data_package.html.md"""
 # %% auto #0
 __all__ = ['REGISTRY_KEY', 'TARGET_KEY', 'CONTROL', 'TARGET_SUM', 'DEFAULT_EXCLUDE', 'COMBINATION', 'combination_parts',
            'check_split_column', 'setup_anndata', 'get_registry', 'gene_symbols', 'targets', 'perturbation_table',
-           'check_values', 'normalize', 'read_logreg_scores', 'filter_perturbations', 'paper_subset', 'paper_folds',
+           'check_values', 'normalize', 'is_store', 'RowReader', 'prepare_store', 'read_store', 'read_rows',
+           'store_reader', 'read_logreg_scores', 'filter_perturbations', 'paper_subset', 'paper_folds',
            'gene_embedding', 'perturbation_labels', 'read_gene_embedding', 'combine_labels', 'ood_manifest',
            'iid_manifest', 'combination_manifest', 'split_columns', 'save_manifest', 'load_manifest', 'apply_split',
            'holdout_cells', 'target_columns']
 
 # %% ../../nbs/01d_data_package.ipynb #02e8b2b7
 from .registry import *
+from .store import *
 from .filter import *
 from .labels import *
 from .splits import *
@@ -22,7 +24,7 @@ from .registry import _check_in_memory, _lognorm_rows, _SPLITS  # private helper
 # %% ../../nbs/01d_data_package.ipynb #568f1852
 _all_ = ['REGISTRY_KEY', 'TARGET_KEY', 'CONTROL', 'TARGET_SUM', 'DEFAULT_EXCLUDE', 'COMBINATION', 'combination_parts',
          'check_split_column', 'setup_anndata',
-         'get_registry', 'gene_symbols', 'targets', 'perturbation_table', 'check_values', 'normalize',
+         'get_registry', 'gene_symbols', 'targets', 'perturbation_table', 'check_values', 'normalize', 'is_store', 'RowReader', 'prepare_store', 'read_store', 'read_rows', 'store_reader',
          'read_logreg_scores', 'filter_perturbations', 'paper_subset', 'paper_folds', 'gene_embedding',
          'perturbation_labels', 'read_gene_embedding', 'combine_labels', 'ood_manifest', 'iid_manifest', 'combination_manifest',
          'split_columns', 'save_manifest', 'load_manifest', 'apply_split', 'holdout_cells', 'target_columns']

@@ -14,6 +14,7 @@ import scipy.sparse as sp
 import anndata as ad
 
 from .registry import _log, CONTROL, check_split_column, combination_parts, gene_symbols, get_registry, perturbation_table, targets
+from .store import read_rows
 
 # %% auto #0
 __all__ = ['gene_embedding', 'perturbation_labels', 'read_gene_embedding', 'combine_labels']
@@ -40,7 +41,7 @@ def gene_embedding(adata: ad.AnnData, *, n_components: int = 50, seed: int = 0,
                          "over control cells, so keep the controls in the object.")
     if max_control_cells and len(ctrl) > max_control_cells:
         ctrl = np.sort(np.random.default_rng(seed).choice(ctrl, max_control_cells, replace=False))
-    Xc = adata.X[ctrl]; Xc = Xc.toarray() if sp.issparse(Xc) else np.asarray(Xc)
+    Xc = read_rows(adata, ctrl)               # in memory, or from a store on disk (only the control cells)
     G = np.ascontiguousarray(Xc.T, dtype=np.float32)  # genes x control cells
     k = int(min(n_components, G.shape[0] - 1, G.shape[1]))
     if k < n_components:

@@ -16,9 +16,9 @@ import anndata as ad
 _log = logging.getLogger("sccvae")
 
 # %% auto #0
-__all__ = ['REGISTRY_KEY', 'TARGET_KEY', 'CONTROL', 'TARGET_SUM', 'DEFAULT_EXCLUDE', 'COMBINATION', 'check_split_column',
-           'combination_parts', 'setup_anndata', 'get_registry', 'gene_symbols', 'targets', 'perturbation_table',
-           'target_columns', 'check_values', 'normalize']
+__all__ = ['REGISTRY_KEY', 'TARGET_KEY', 'CONTROL', 'TARGET_SUM', 'DEFAULT_EXCLUDE', 'COMBINATION', 'is_store',
+           'check_split_column', 'combination_parts', 'setup_anndata', 'get_registry', 'gene_symbols', 'targets',
+           'perturbation_table', 'target_columns', 'check_values', 'normalize']
 
 # %% ../../nbs/01_data.ipynb #c2997a2b
 REGISTRY_KEY = "_sccvae"
@@ -43,12 +43,19 @@ def _check_unique(adata):
             dups = idx[idx.duplicated()].unique()[:5].tolist()
             raise ValueError(f"{len(idx) - idx.nunique()} duplicated {what}, e.g. {dups}; "
                              f"make them unique first, e.g. with `{fix}`.")
-def _check_in_memory(adata, what="this function"):
-    "Refuse a backed AnnData (`read_h5ad(path, backed='r')`): its X is an on-disk dataset sccvae cannot read or write."
-    if getattr(adata, "isbacked", False):
-        raise ValueError(f"backed AnnData is not supported yet ({what} reads and rewrites adata.X, which stays on disk "
-                         f"in {adata.filename}): load it into memory with `adata = adata.to_memory()` (or "
-                         "`anndata.read_h5ad(path)` without backed=), subsetting it first if it does not fit.")
+def is_store(adata) -> bool:
+    "True for a prepared on-disk store (`sccvae.data.prepare_store`): registered, normalised, read from disk by rows."
+    return bool(getattr(adata, "isbacked", False) and isinstance(adata.uns.get(REGISTRY_KEY), dict)
+                and "store" in adata.uns[REGISTRY_KEY])
+def _check_in_memory(adata, what="this function", store_ok: bool = False):
+    """Refuse a backed AnnData (`read_h5ad(path, backed='r')`) unless it is a prepared store and `store_ok`: sccvae
+    streams rows from a store, but never rewrites a file on disk."""
+    if getattr(adata, "isbacked", False) and not (store_ok and is_store(adata)):
+        raise ValueError(f"{what} cannot use this backed AnnData ({adata.filename}): sccvae reads on-disk data only "
+                         "from a prepared store, written once (checked, normalised, cells sorted by perturbation) with "
+                         "`sccvae.data.prepare_store(path, out_path, perturbation_key=..., control_group=...)` and "
+                         "opened with `sccvae.data.read_store(out_path)`; or load it into memory with "
+                         "`adata = adata.to_memory()` if it fits.")
 
 # %% ../../nbs/01_data.ipynb #3b634387
 def check_split_column(adata, key: str, what: str | None = None):
@@ -90,16 +97,17 @@ def combination_parts(target: str) -> list[str]:
     return str(target).split(COMBINATION)
 
 # %% ../../nbs/01_data.ipynb #e861b515
-def _check_setup_args(adata, perturbation_key, layer, split_key, gene_symbol_key):
-    "Check what `setup_anndata` is pointed at; return (var_names are Ensembl ids, the resolved `gene_symbol_key`)."
-    _check_in_memory(adata, "setup_anndata")
+def _check_setup_args(adata, perturbation_key, layer, split_key, gene_symbol_key, in_memory: bool = True):
+    """Check what `setup_anndata` is pointed at; return (var_names are Ensembl ids, the resolved `gene_symbol_key`).
+    `in_memory=False`: `adata` holds the obs and var of a file on disk (`prepare_store`), so X and layers are not read."""
+    if in_memory: _check_in_memory(adata, "setup_anndata")
     obs_cols = list(adata.obs.columns)
     if perturbation_key not in adata.obs:
         raise KeyError(f"perturbation_key={perturbation_key!r} is not a column of adata.obs (columns: {obs_cols}); "
                        "pass the column that holds the perturbation labels, e.g. 'gene' (Replogle), "
                        "'perturbation' (scPerturb) or 'condition' (GEARS).")
     _check_unique(adata)
-    if layer is not None and layer not in adata.layers:
+    if in_memory and layer is not None and layer not in adata.layers:
         raise KeyError(f"layer={layer!r} is not in adata.layers ({list(adata.layers)}); pass layer=None to use adata.X.")
     if split_key is not None and split_key not in adata.obs:
         raise KeyError(f"split_key={split_key!r} is not a column of adata.obs; create it with `apply_split` or pass split_key=None.")
@@ -201,7 +209,7 @@ def setup_anndata(adata: ad.AnnData, *,
 # %% ../../nbs/01_data.ipynb #72b3c546
 def get_registry(adata: ad.AnnData) -> dict:
     "The sccvae registry of `adata` (raises a clear error when `setup_anndata` was not run)."
-    _check_in_memory(adata, "sccvae")
+    _check_in_memory(adata, "sccvae", store_ok=True)
     if REGISTRY_KEY not in adata.uns or TARGET_KEY not in adata.obs:
         raise ValueError("this AnnData is not registered: call "
                          "`sccvae.data.setup_anndata(adata, perturbation_key=..., control_group=...)` first.")
