@@ -13,7 +13,7 @@ import scipy.sparse as sp
 import anndata as ad
 from fastcore.basics import patch
 
-from .data import get_registry, targets, target_columns, check_split_column, check_values, CONTROL, _SPLITS, combination_parts
+from .data import get_registry, targets, target_columns, check_split_column, check_values, CONTROL, _SPLITS, combination_parts, is_store, store_reader
 from .utils import get_device
 
 _log = logging.getLogger("sccvae")
@@ -93,6 +93,10 @@ def _hold(self: PerturbationData, adata, reg, counts_layer, on_device):
     "Hold the matrix once: `X`, or the raw counts of `counts_layer`; dense on the device when it fits."
     import torch
     self.counts_layer = counts_layer
+    if counts_layer is not None and is_store(adata):
+        raise ValueError("a store on disk holds the log-normalised expression only, and likelihood='nb' trains on raw "
+                         "counts: use likelihood='gaussian' (the default model) or 'mse' for a store, or an in-memory "
+                         "AnnData with layers['counts'].")
     if counts_layer is not None:
         if counts_layer not in adata.layers:
             raise KeyError(f"adata.layers has no {counts_layer!r}: a count likelihood needs the raw counts; "
@@ -104,7 +108,9 @@ def _hold(self: PerturbationData, adata, reg, counts_layer, on_device):
         self.target_sum = ts
         X = adata.layers[counts_layer]
         check_values(X, what=f"adata.layers[{counts_layer!r}]")
+    elif is_store(adata): return self._hold_store(adata)
     else: X = adata.X
+    self.streamed, self._reader = False, None
     self._sparse = sp.issparse(X)
     if self._sparse: X = X.tocsr() if not sp.isspmatrix_csr(X) else X
     elif X.dtype != np.float32 or not X.flags.c_contiguous:
@@ -137,15 +143,52 @@ def _to_tensor(self: PerturbationData, idx):
 @patch
 def _raw(self: PerturbationData, idx):
     import torch
+    if self.streamed: return self._streamed_rows(idx)
     if self._Xdev is not None:
         return self._Xdev[torch.as_tensor(idx, device=self._Xdev.device)].to(self.device)
     return self._to_tensor(np.asarray(idx.cpu() if hasattr(idx, "cpu") else idx))
 
+# %% ../nbs/03_loader.ipynb #5f1493d0
+@patch
+def _hold_store(self: PerturbationData, adata):
+    """A store on disk (`sccvae.data.read_store`): the control cells are read once and held in the store's format
+    (dense, or CSR), every other row is read from disk when a batch needs it (`prefetch` reads ahead in a thread)."""
+    import torch
+    self.streamed, self._reader = True, store_reader(adata)
+    self._sparse, self._X, self._Xdev = self._reader.sparse, None, None
+    ctrl = np.flatnonzero(self.codes.numpy() == -1)
+    self._cache = self._reader.read(ctrl, dense=not self._sparse)        # the control pool, in memory
+    self._cache_pos = np.full(adata.n_obs, -1, np.int64); self._cache_pos[ctrl] = np.arange(len(ctrl))
+
+@patch
+def read_host(self: PerturbationData, idx) -> np.ndarray:
+    "Rows `idx` as a dense float32 host array: controls from the pool held in memory, the others from disk."
+    idx = np.asarray(idx.cpu() if hasattr(idx, "cpu") else idx, dtype=np.int64)
+    pos = self._cache_pos[idx]
+    hit = pos >= 0
+    if hit.all():
+        B = self._cache[pos]
+        return B.toarray() if sp.issparse(B) else np.asarray(B)
+    if not hit.any(): return self._reader.read(idx)
+    out = np.empty((len(idx), self.n_genes), np.float32)
+    B = self._cache[pos[hit]]
+    out[hit] = B.toarray() if sp.issparse(B) else B
+    out[~hit] = self._reader.read(idx[~hit])
+    return out
+
+@patch
+def _streamed_rows(self: PerturbationData, idx, host=None):
+    import torch
+    B = self.read_host(idx) if host is None else host
+    return torch.from_numpy(B).to(self.device, non_blocking=True)
+
+
 # %% ../nbs/03_loader.ipynb #d3328a8c
 @patch
-def rows(self: PerturbationData, idx):
-    "Log-normalised expression of cells `idx` as a dense float32 tensor on the device."
-    X = self._raw(idx)
+def rows(self: PerturbationData, idx, host=None):
+    """Log-normalised expression of cells `idx` as a dense float32 tensor on the device (`host`: the rows already
+    read by `prefetch`)."""
+    X = self._raw(idx) if host is None else self._streamed_rows(idx, host)
     if self.counts_layer is None: return X
     import torch
     return torch.log1p(X * (self.target_sum / X.sum(1, keepdim=True).clamp_min(1.0)))
@@ -156,6 +199,38 @@ def count_rows(self: PerturbationData, idx):
     if self.counts_layer is None:
         raise ValueError("this PerturbationData holds log-normalised X; build it with counts_layer='counts'.")
     return self._raw(idx)
+
+# %% ../nbs/03_loader.ipynb #6700d4c8
+@patch
+def prefetch(self: PerturbationData, batches, depth: int = 4):
+    """Iterate `(idx, rows)` over `batches` (cell-index arrays). From a store, `rows` (host float32) are read up to
+    `depth` batches ahead in a background thread, so reading from disk overlaps training; in memory, `rows` is None
+    (`rows(idx)` gathers them on the device)."""
+    if not self.streamed:
+        for idx in batches: yield idx, None
+        return
+    import queue, threading
+    q, stop, done = queue.Queue(maxsize=max(1, depth)), threading.Event(), object()
+    def work():
+        try:
+            for idx in batches:
+                if stop.is_set(): return
+                q.put((idx, None if len(idx) == 0 else self.read_host(idx)))
+            q.put(done)
+        except BaseException as e: q.put(e)
+    t = threading.Thread(target=work, daemon=True, name="sccvae-prefetch"); t.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done: return
+            if isinstance(item, BaseException): raise item
+            yield item
+    finally:
+        stop.set()
+        while t.is_alive():                  # unblock the reader if it waits on a full queue
+            try: q.get_nowait()
+            except queue.Empty: t.join(0.01)
+
 
 # %% ../nbs/03_loader.ipynb #6da6ec4d
 @patch
@@ -187,7 +262,8 @@ def __repr__(self: PerturbationData):
     n = {s: int((self.split == s).sum()) for s in _SPLITS}
     return (f"PerturbationData({self.adata.n_obs} cells x {self.n_genes} genes, {len(self.perturbations)} labelled "
             f"perturbations, label dim {self.labels.shape[1]}, splits {n}, device {self.device}, "
-            f"{'sparse' if self._sparse else 'dense'}{', on device' if self._Xdev is not None else ''})")
+            f"{'sparse' if self._sparse else 'dense'}{', on device' if self._Xdev is not None else ''}"
+            f"{', streamed from ' + str(self._reader.path) if self.streamed else ''})")
 
 # %% ../nbs/03_loader.ipynb #c0f83457
 class PerturbationBatchSampler:
@@ -217,11 +293,14 @@ class PerturbationBatchSampler:
         if self.shuffle: chunks = [chunks[i] for i in rng.permutation(len(chunks))]
         return chunks
 
+    def steps(self):
+        "The chunks (one perturbation each) of every step, as lists of index arrays: what ranks share out."
+        ch = self._chunks()
+        for s in range(0, len(ch), self.pack): yield ch[s:s + self.pack]
+
     def __iter__(self):
         import torch
-        ch = self._chunks()
-        for s in range(0, len(ch), self.pack):
-            yield torch.from_numpy(np.concatenate(ch[s:s + self.pack]))
+        for step in self.steps(): yield torch.from_numpy(np.concatenate(step))
 
     def __len__(self):
         n = sum(math.ceil(len(g) / self.batch_size) for g in self.groups)

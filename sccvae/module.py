@@ -393,7 +393,7 @@ def group_means(t, group=None, layout=None):
 # %% ../nbs/10_module.ipynb #681c94d1
 def sccvae_loss(out: dict, x, y, *, beta: float, gamma: float = 10.0, recon_scale: float = 0.25,
                 bandwidths=PAPER_BANDWIDTHS, group=None, layout=None, x_counts=None, y_counts=None,
-                generator=None):
+                generator=None, noise_y=None, part_weights=None):
     """Training loss of one step, by the module's observation model (`out["likelihood"]`):
 
     - 'mse' (the paper): `recon_scale`·MSE(x̂, x) + MSE(ŷ, y) + `beta`·KL + `gamma`·MMD²(ŷ, y).
@@ -405,7 +405,12 @@ def sccvae_loss(out: dict, x, y, *, beta: float, gamma: float = 10.0, recon_scal
       control cell, as at prediction) against the mean of y + `beta`·KL (no MMD: counts are not differentiable).
 
     `x`: the encoded control cells (log-normalised), `y`: the observed cells of the batch. Returns the loss and a
-    dict of its detached parts `loss, recon, pert, kl, mmd`. All in float32."""
+    dict of its detached parts `loss, recon, pert, kl, mmd`. All in float32.
+
+    `noise_y`: the draws of the 'gaussian' MMD's noise (else drawn from `generator`). `part_weights` = (w_cell,
+    w_group) scales the per-cell terms (recon, KL, 'mse' pert) and the per-perturbation terms (MMD, mean pert) and
+    the parts returned: a rank of data-parallel training passes its share of the step's cells and perturbations, so
+    the ranks' losses sum to the loss of the whole step."""
     lik = out.get("likelihood", "mse")
     y_hat, x_hat = out["y_hat"].float(), out["x_hat"].float()
     kl = gaussian_kl(out["mu"], out["var"])
@@ -418,7 +423,8 @@ def sccvae_loss(out: dict, x, y, *, beta: float, gamma: float = 10.0, recon_scal
         recon = gaussian_nll(x, x_hat, out["x_var"]).mean()
         pert = (group_means(y_hat, group, layout) - group_means(y, group, layout)).pow(2).mean()
         if gamma:
-            eps = torch.randn(y_hat.shape, generator=generator, device=y_hat.device, dtype=y_hat.dtype)
+            eps = noise_y if noise_y is not None else \
+                torch.randn(y_hat.shape, generator=generator, device=y_hat.device, dtype=y_hat.dtype)
             d = mmd(y_hat + out["y_var"].sqrt() * eps, y, bandwidths, group=group, layout=layout)
         else: d = zero
     elif lik == "nb":
@@ -431,5 +437,8 @@ def sccvae_loss(out: dict, x, y, *, beta: float, gamma: float = 10.0, recon_scal
         pert = (group_means(ey, group, layout) - group_means(y, group, layout)).pow(2).mean()
         d = zero
     else: raise ValueError(f"unknown likelihood {lik!r}.")
+    if part_weights is not None:
+        wc, wg = (float(w) for w in part_weights)
+        recon, kl, d, pert = recon * wc, kl * wc, d * wg, pert * (wc if lik == "mse" else wg)
     loss = recon_scale * recon + pert + beta * kl + gamma * d
     return loss, dict(loss=loss.detach(), recon=recon.detach(), pert=pert.detach(), kl=kl.detach(), mmd=d.detach())

@@ -21,7 +21,7 @@ from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['TRAIN_PRESETS', 'TrainConfig', 'make_optimizer', 'batch_groups', 'forward_loss', 'clip_global_', 'training_step',
-           'Trainer']
+           'Trainer', 'Share']
 
 # %% ../nbs/20_train.ipynb #5da791b5
 @dataclass
@@ -120,13 +120,15 @@ def _autocast(device, precision):
     return torch.autocast(dev.type, enabled=False)
 
 def forward_loss(module, x, y, labels_g, index, c, *, beta, cfg: TrainConfig, layout=None, generator=None,
-                 x_counts=None, y_counts=None, target_cols=None):
-    "Forward pass and loss of one batch (shared by training and validation); counts for the 'nb' likelihood."
+                 x_counts=None, y_counts=None, target_cols=None, noise=None, noise_y=None, part_weights=None):
+    """Forward pass and loss of one batch (shared by training and validation); counts for the 'nb' likelihood.
+    `noise`, `noise_y`, `part_weights`: a rank's share of a data-parallel step (its rows of the step's draws, its
+    weights; see `sccvae_loss`)."""
     with _autocast(x.device, cfg.precision):
-        out = module(x, labels_g, c, index=index, generator=generator, target_cols=target_cols)
+        out = module(x, labels_g, c, index=index, generator=generator, target_cols=target_cols, noise=noise)
     return sccvae_loss(out, x, y, beta=beta, gamma=cfg.gamma, recon_scale=cfg.recon_scale,
                        bandwidths=cfg.bandwidths, layout=layout, x_counts=x_counts, y_counts=y_counts,
-                       generator=generator)
+                       generator=generator, noise_y=noise_y, part_weights=part_weights)
 
 def clip_global_(params, max_norm: float):
     """Clip the global gradient norm to `max_norm`. On the CPU the rescaling pass is skipped when the norm is
@@ -141,12 +143,18 @@ def clip_global_(params, max_norm: float):
     return norm
 
 def training_step(module, optimizer, x, y, labels_g, index, c, *, beta, cfg: TrainConfig, layout=None,
-                  generator=None, x_counts=None, y_counts=None, target_cols=None) -> dict:
-    "One optimiser step; returns the detached loss parts (device tensors, no sync)."
-    loss, parts = forward_loss(module, x, y, labels_g, index, c, beta=beta, cfg=cfg, layout=layout, generator=generator,
-                               x_counts=x_counts, y_counts=y_counts, target_cols=target_cols)
+                  generator=None, x_counts=None, y_counts=None, target_cols=None, grad_sync=None, **share) -> dict:
+    """One optimiser step; returns the detached loss parts (device tensors, no sync). Data-parallel: `grad_sync`
+    sums the ranks' gradients before clipping, `share` is this rank's part of the step (`forward_loss`); a rank
+    with no cells in the step (`x` None) contributes zero gradients and returns None."""
+    parts = None
+    if x is not None:
+        loss, parts = forward_loss(module, x, y, labels_g, index, c, beta=beta, cfg=cfg, layout=layout,
+                                   generator=generator, x_counts=x_counts, y_counts=y_counts, target_cols=target_cols,
+                                   **share)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    if x is not None: loss.backward()
+    if grad_sync is not None: grad_sync()
     if cfg.clip_norm is not None:
         params = [p for p in module.parameters() if p.grad is not None]
         if cfg.clip_mode == "per_tensor":
@@ -202,12 +210,25 @@ class Trainer:
         if int(self.module.n_steps) == 0:   # data-dependent initialisation of an untrained module (options)
             if cfg.standardize_labels: self.module.standardize_labels_(data.labels)  # training perturbations only
             if cfg.init_decoder_bias: self._init_decoder()
+        self._init_ranks()
         self.optimizer = make_optimizer(self.module, cfg, self.device)
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        self.step_losses: list | None = None   # set to [] to record the loss of every step (of the whole step)
         self.history: list[dict] = []
         self.best = dict(metric=math.inf, epoch=-1)
         self.best_state = None
         self.epoch = -1  # last completed epoch
+
+# %% ../nbs/20_train.ipynb #d4afddbc
+@patch
+def _init_ranks(self: Trainer):
+    "Rank and world size from an initialised `torch.distributed` process group (1 process otherwise); same start."
+    import torch.distributed as dist
+    self.rank, self.world = 0, 1
+    if dist.is_available() and dist.is_initialized():
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+    if self.world > 1:
+        for t in self.module.state_dict().values(): dist.broadcast(t, 0)   # in place: parameters and buffers
 
 # %% ../nbs/20_train.ipynb #c56fc2c6
 @patch
@@ -275,7 +296,11 @@ def _init_decoder(self: Trainer):
 
 # %% ../nbs/20_train.ipynb #e092b742
 @patch
-def _batch(self: Trainer, idx, generator):
+def _batch(self: Trainer, idx, generator, host=None, share=None):
+    """Tensors of one batch. `host`: its rows already read (`PerturbationData.prefetch`). `share`: this rank's part
+    of a data-parallel step; the step's random draws are made whole on every rank and each takes its rows, so the
+    ranks together compute exactly the single-process step."""
+    draws = self._draws(share, generator) if share is not None else None
     codes = self.data.codes[idx]
     uniq, inv, layout = batch_groups(codes)       # MMD groups: one per perturbation or combination
     G = codes
@@ -285,8 +310,8 @@ def _batch(self: Trainer, idx, generator):
     labels_g = self.labels0[uniq.to(self.device)]  # code -1 -> the last (zero) row
     index = inv.to(self.device)
     c = self.module.penetrance_of(G.to(self.device))
-    pick = torch.randint(len(self.pool), (len(idx),), generator=generator, device=self.device)
-    extra = {}
+    pick = draws.pop("pick") if draws else torch.randint(len(self.pool), (len(idx),), generator=generator, device=self.device)
+    extra = dict(draws, part_weights=share.weights) if draws else {}
     if getattr(self.module, "on_target", False):
         extra["target_cols"] = torch.where(G >= 0, self.data.target_cols[G.clamp(min=0)], -1).to(self.device)
     if self.counts:
@@ -294,9 +319,78 @@ def _batch(self: Trainer, idx, generator):
         y = torch.log1p(yc * (self.data.target_sum / yc.sum(1, keepdim=True).clamp_min(1.0)))
         x = torch.log1p(xc * (self.data.target_sum / xc.sum(1, keepdim=True).clamp_min(1.0)))
         return x, y, labels_g, index, c, layout, dict(x_counts=xc, y_counts=yc, **extra)
-    y = self.data.rows(idx)
+    y = self.data.rows(idx, host)
     x = self.data.rows(self.pool[pick])
     return x, y, labels_g, index, c, layout, extra
+
+# %% ../nbs/20_train.ipynb #3d0b3443
+@dataclass
+class Share:
+    "This rank's part of one step: its cells' positions in the step (`rows`), the step's size and its weights."
+    rows: torch.Tensor
+    n_global: int
+    weights: tuple
+    @property
+    def n_local(self) -> int: return len(self.rows)
+
+@patch
+def _share(self: Trainer, step: list) -> tuple:
+    "Split one step's chunks between ranks by perturbation, balancing cells: (this rank's cell indices, `Share`)."
+    sizes = np.array([len(ch) for ch in step]); offs = np.r_[0, np.cumsum(sizes)]
+    codes = [int(self.data.codes[int(ch[0])]) for ch in step]
+    groups = {}
+    for j, code in enumerate(codes): groups.setdefault(code, []).append(j)
+    load, owner = np.zeros(self.world, np.int64), {}
+    for code in sorted(groups, key=lambda k: -sizes[groups[k]].sum()):     # stable: ties keep the step's order
+        r = int(np.argmin(load)); owner[code] = r; load[r] += sizes[groups[code]].sum()
+    mine = [j for j in range(len(step)) if owner[codes[j]] == self.rank]
+    idx = np.concatenate([step[j] for j in mine]) if mine else np.zeros(0, np.int64)
+    rows = np.concatenate([np.arange(offs[j], offs[j + 1]) for j in mine]) if mine else np.zeros(0, np.int64)
+    n_mine = sum(owner[k] == self.rank for k in groups)
+    w = (len(idx) / offs[-1], n_mine / len(groups))
+    return torch.from_numpy(idx), Share(torch.from_numpy(rows).to(self.device), int(offs[-1]), w)
+
+@patch
+def _steps(self: Trainer, sampler):
+    "(cell indices, rows read ahead or None, `Share` or None) per step of `sampler`."
+    if self.world == 1:
+        for idx, host in self.data.prefetch(iter(sampler)): yield idx, host, None
+        return
+    shares = [self._share(step) for step in sampler.steps()]
+    for (idx, host), (_, sh) in zip(self.data.prefetch(s[0] for s in shares), shares): yield idx, host, sh
+
+@patch
+def _draws(self: Trainer, share: Share, generator) -> dict:
+    "The step's random draws, made whole in the single-process order, then this rank's rows of each."
+    n, rows, dev = share.n_global, share.rows, self.device
+    out = dict(pick=torch.randint(len(self.pool), (n,), generator=generator, device=dev)[rows],
+               noise=torch.randn((n, self.module.n_latent), generator=generator, device=dev)[rows])
+    if getattr(self.module, "likelihood", "mse") == "gaussian" and self.cfg.gamma:
+        out["noise_y"] = torch.randn((n, self.data.n_genes), generator=generator, device=dev)[rows]
+    return out
+
+@patch
+def _allreduce_grads(self: Trainer):
+    "Sum the gradients of all ranks (one flat all-reduce); a parameter without gradient on every rank keeps none."
+    import torch.distributed as dist
+    ps = [p for p in self.module.parameters() if p.requires_grad]
+    has = torch.tensor([float(p.grad is not None) for p in ps], device=self.device)
+    dist.all_reduce(has)
+    live = [p for p, h in zip(ps, has.tolist()) if h > 0]
+    if not live: return
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in live])
+    dist.all_reduce(flat)
+    o = 0
+    for p in live: p.grad = flat[o:o + p.numel()].view_as(p).clone(); o += p.numel()
+
+@patch
+def _sum_ranks(self: Trainer, t: torch.Tensor) -> torch.Tensor:
+    "`t` summed over ranks (itself in one process)."
+    if self.world == 1: return t
+    import torch.distributed as dist
+    t = t.clone(); dist.all_reduce(t)
+    return t
+
 
 # %% ../nbs/20_train.ipynb #0a1849ff
 @patch
@@ -306,15 +400,24 @@ def _train_epoch(self: Trainer, epoch):
     beta = cfg.beta(epoch)
     acc = torch.zeros(len(_PARTS), device=self.device); n = 0
     steps = len(self.sampler); total = max(cfg.max_epochs * steps, 1)  # the planned run, so resume is exact
-    for i, idx in enumerate(self.sampler):
+    sync = self._allreduce_grads if self.world > 1 else None
+    for i, (idx, host, share) in enumerate(self._steps(self.sampler)):
         if cfg.lr_schedule != "constant":
             lr = cfg.lr * cfg.lr_factor((epoch * steps + i) / total)
             for g in self.optimizer.param_groups: g["lr"] = lr
-        x, y, lg, index, c, layout, cnt = self._batch(idx, self.generator)  # cnt: counts / target columns
-        parts = training_step(mod, self.optimizer, x, y, lg, index, c, beta=beta, cfg=cfg, layout=layout,
-                              generator=self.generator, **cnt)
-        acc += torch.stack([parts[k] for k in _PARTS]); n += 1
+        if share is not None and share.n_local == 0:       # a rank with no perturbation in this step
+            self._draws(share, self.generator)              # keeps its generator in step with the others
+            parts = training_step(mod, self.optimizer, None, None, None, None, None, beta=beta, cfg=cfg, grad_sync=sync)
+        else:
+            x, y, lg, index, c, layout, cnt = self._batch(idx, self.generator, host, share)  # cnt: counts, target columns, share
+            parts = training_step(mod, self.optimizer, x, y, lg, index, c, beta=beta, cfg=cfg, layout=layout,
+                                  generator=self.generator, grad_sync=sync, **cnt)
+        if parts is not None: acc += torch.stack([parts[k] for k in _PARTS])
+        n += 1
+        if self.step_losses is not None: self.step_losses.append(float(self._sum_ranks(acc.new_tensor(
+            float(parts["loss"]) if parts is not None else 0.0))))
         if (i + 1) % cfg.check_every == 0: self._check(acc, epoch, i)
+    acc = self._sum_ranks(acc)
     self._check(acc, epoch, n)
     mod.n_steps += n
     return dict(zip(_PARTS, (acc / max(n, 1)).tolist())), beta
@@ -334,11 +437,14 @@ def validate(self: Trainer, epoch: int) -> dict:
     was = mod.training; mod.eval()
     gen = torch.Generator(device=self.device).manual_seed(cfg.seed + 1_000_003)
     acc = torch.zeros(len(_PARTS), device=self.device); n = 0
-    for idx in self.val_sampler:
-        x, y, lg, index, c, layout, cnt = self._batch(idx, gen)
+    for idx, host, share in self._steps(self.val_sampler):
+        n += 1
+        if share is not None and share.n_local == 0: self._draws(share, gen); continue
+        x, y, lg, index, c, layout, cnt = self._batch(idx, gen, host, share)
         _, parts = forward_loss(mod, x, y, lg, index, c, beta=cfg.beta(epoch), cfg=cfg, layout=layout, generator=gen,
                                 **cnt)
-        acc += torch.stack([parts[k] for k in _PARTS]); n += 1
+        acc += torch.stack([parts[k] for k in _PARTS])
+    acc = self._sum_ranks(acc)
     mod.train(was)
     out = dict(zip(_PARTS, (acc / max(n, 1)).tolist()))
     out["score"] = self._score(out)
@@ -409,7 +515,7 @@ def load_state(self: Trainer, st: dict):
 
 @patch
 def _save(self: Trainer, improved):
-    if self.ckpt is None:
+    if self.ckpt is None or self.rank != 0:        # data-parallel: rank 0 writes, the others keep the best in memory
         if improved: self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.module.state_dict().items()}
         return
     if improved:
@@ -426,11 +532,14 @@ def history_frame(self: Trainer) -> pd.DataFrame:
 @patch
 def load_best(self: Trainer):
     "Put the best epoch's weights into the module (no-op when no epoch was better than the last)."
-    if self.ckpt is not None and (self.ckpt / "best.pt").exists():
+    if self.ckpt is not None and self.rank == 0 and (self.ckpt / "best.pt").exists():
         st = torch.load(self.ckpt / "best.pt", map_location=self.device, weights_only=True)
         self.module.load_state_dict(st["module"])
     elif self.best_state is not None:
         self.module.load_state_dict(self.best_state)
+    if self.world > 1:                              # every rank ends with rank 0's weights
+        import torch.distributed as dist
+        for t in self.module.state_dict().values(): dist.broadcast(t, 0)
 
 # %% ../nbs/20_train.ipynb #2f926e51
 @patch
@@ -439,7 +548,7 @@ def fit(self: Trainer, resume: bool = True, max_epochs: int | None = None) -> pd
     checkpoint folder, continue from it; a checkpoint written under other settings (`run_settings`) is refused.
     The checkpoint folder is locked while training (`sccvae.utils.file_lock`): a second run on the same folder
     waits, then resumes. Returns the history."""
-    if self.ckpt is None: return self._fit(resume, max_epochs)
+    if self.ckpt is None or self.rank != 0: return self._fit(resume, max_epochs)   # rank 0 holds the lock
     with file_lock(self.ckpt / ".lock"): return self._fit(resume, max_epochs)
 
 @patch
@@ -450,10 +559,10 @@ def _fit(self: Trainer, resume, max_epochs):
         st = torch.load(self.ckpt / "last.pt", map_location=self.device, weights_only=False)
         self._check_resumable(st, self.ckpt / "last.pt")
         self.load_state(st)
-    if self.ckpt is not None:
+    if self.ckpt is not None and self.rank == 0:
         self.ckpt.mkdir(parents=True, exist_ok=True)
         write_json(self.ckpt / "train_config.json", asdict(cfg))
-    show = cfg.progress and not os.environ.get("IN_TEST")
+    show = cfg.progress and not os.environ.get("IN_TEST") and self.rank == 0
     epochs = range(self.epoch + 1, E)
     bar = None
     if show:
