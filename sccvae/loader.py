@@ -265,6 +265,45 @@ def __repr__(self: PerturbationData):
             f"{'sparse' if self._sparse else 'dense'}{', on device' if self._Xdev is not None else ''}"
             f"{', streamed from ' + str(self._reader.path) if self.streamed else ''})")
 
+# %% ../nbs/03_loader.ipynb #4f20e663
+@patch
+def control_moments(self: PerturbationData, pool, chunk: int = 4096, fractions: bool = False):
+    """Mean and variance per gene of the control cells `pool` (in chunks: the pool may not fit densely);
+    `fractions`: of count / library size instead of the log-normalised expression."""
+    s1 = s2 = None
+    for s in range(0, len(pool), chunk):
+        idx = pool[s:s + chunk]
+        if fractions:
+            k = self.count_rows(idx).float(); v = k / k.sum(1, keepdim=True).clamp_min(1.0)
+        else: v = self.rows(idx).float()
+        a, b = v.sum(0), v.pow(2).sum(0)
+        s1, s2 = (a, b) if s1 is None else (s1 + a, s2 + b)
+    mean = s1 / len(pool)
+    return mean, (s2 / len(pool) - mean.pow(2)).clamp_min(0)
+
+@patch
+def on_target_change(self: PerturbationData, pool, split: str = "train", chunk: int = 4096, fractions: bool = False) -> float:
+    """Average over the perturbations of `split` of the change of their own target column against the controls
+    `pool` (log-normalised scale; `fractions`: log-ratio of expression fractions): the on-target term's start."""
+    import torch
+    cols = self.target_cols
+    idx = self.indices(split)
+    idx = idx[cols[self.codes[idx]] >= 0]
+    if len(idx) == 0: return 0.0
+    P = len(self.perturbations)
+    tot, cnt = torch.zeros(P, dtype=torch.float64), torch.zeros(P, dtype=torch.float64)
+    for s in range(0, len(idx), chunk):
+        i = idx[s:s + chunk]; code = self.codes[i]
+        v = self.count_rows(i) if fractions else self.rows(i)
+        if fractions: v = v / v.sum(1, keepdim=True).clamp_min(1.0)
+        tot.index_add_(0, code, v.float().cpu().gather(1, cols[code][:, None]).squeeze(1).double())
+        cnt.index_add_(0, code, torch.ones(len(i), dtype=torch.float64))
+    ok = cnt > 0
+    mean_ctrl = self.control_moments(pool, fractions=fractions)[0].cpu().double()
+    pert, ctrl = tot[ok] / cnt[ok], mean_ctrl[cols[ok]]
+    if fractions: return float(torch.log(pert.clamp_min(1e-8) / ctrl.clamp_min(1e-8)).mean())
+    return float((pert - ctrl).mean())
+
 # %% ../nbs/03_loader.ipynb #c0f83457
 class PerturbationBatchSampler:
     """Batches of cell indices, each from one perturbation (or `pack` perturbations per step); nothing dropped,

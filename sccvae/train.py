@@ -16,12 +16,13 @@ import torch
 from .module import SCCVAEModule, sccvae_loss, group_layout, PAPER_BANDWIDTHS
 from .utils import torch_save, write_csv, write_json, file_lock
 from .loader import PerturbationBatchSampler
+from .parallel import Share, rank_world, broadcast_, share_step, allreduce_grads_, sum_ranks
 from fastcore.basics import patch
 
 
 # %% auto #0
 __all__ = ['TRAIN_PRESETS', 'TrainConfig', 'make_optimizer', 'batch_groups', 'forward_loss', 'clip_global_', 'training_step',
-           'Trainer', 'Share']
+           'Trainer']
 
 # %% ../nbs/20_train.ipynb #5da791b5
 @dataclass
@@ -214,6 +215,7 @@ class Trainer:
         self.optimizer = make_optimizer(self.module, cfg, self.device)
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
         self.step_losses: list | None = None   # set to [] to record the loss of every step (of the whole step)
+        self.step_limit: int | None = None     # end every epoch after this many steps (benchmarks, smoke tests)
         self.history: list[dict] = []
         self.best = dict(metric=math.inf, epoch=-1)
         self.best_state = None
@@ -222,74 +224,23 @@ class Trainer:
 # %% ../nbs/20_train.ipynb #d4afddbc
 @patch
 def _init_ranks(self: Trainer):
-    "Rank and world size from an initialised `torch.distributed` process group (1 process otherwise); same start."
-    import torch.distributed as dist
-    self.rank, self.world = 0, 1
-    if dist.is_available() and dist.is_initialized():
-        self.rank, self.world = dist.get_rank(), dist.get_world_size()
-    if self.world > 1:
-        for t in self.module.state_dict().values(): dist.broadcast(t, 0)   # in place: parameters and buffers
-
-# %% ../nbs/20_train.ipynb #c56fc2c6
-@patch
-@torch.no_grad()
-def _control_moments(self: Trainer, chunk: int = 4096, fractions: bool = False):
-    """Mean and variance per gene of the training control pool (in chunks: the pool may not fit densely);
-    `fractions`: of count / library size instead of the log-normalised expression."""
-    s1 = s2 = None
-    for s in range(0, len(self.pool), chunk):
-        idx = self.pool[s:s + chunk]
-        if fractions:
-            k = self.data.count_rows(idx).float(); v = k / k.sum(1, keepdim=True).clamp_min(1.0)
-        else: v = self.data.rows(idx).float()
-        a, b = v.sum(0), v.pow(2).sum(0)
-        s1, s2 = (a, b) if s1 is None else (s1 + a, s2 + b)
-    n = len(self.pool)
-    mean = s1 / n
-    return mean, (s2 / n - mean.pow(2)).clamp_min(0)
-
-@patch
-@torch.no_grad()
-def _on_target_change(self: Trainer, chunk: int = 4096) -> float:
-    """Average over training perturbations of the change of their own target column against the controls
-    (log-normalised scale; log-ratio of expression fractions for 'nb'): the on-target term's starting value."""
-    cols = self.data.target_cols
-    idx = self.data.indices("train")
-    idx = idx[cols[self.data.codes[idx]] >= 0]
-    if len(idx) == 0: return 0.0
-    P = len(self.data.perturbations)
-    frac = self.counts
-    tot, cnt = torch.zeros(P, dtype=torch.float64), torch.zeros(P, dtype=torch.float64)
-    for s in range(0, len(idx), chunk):
-        i = idx[s:s + chunk]; code = self.data.codes[i]
-        v = self.data.count_rows(i) if frac else self.data.rows(i)
-        if frac: v = v / v.sum(1, keepdim=True).clamp_min(1.0)
-        tot.index_add_(0, code, v.float().cpu().gather(1, cols[code][:, None]).squeeze(1).double())
-        cnt.index_add_(0, code, torch.ones(len(i), dtype=torch.float64))
-    ok = cnt > 0
-    mean_ctrl = self._control_moments(fractions=frac)[0].cpu().double()
-    pert, ctrl = tot[ok] / cnt[ok], mean_ctrl[cols[ok]]
-    if frac: return float(torch.log(pert.clamp_min(1e-8) / ctrl.clamp_min(1e-8)).mean())
-    return float((pert - ctrl).mean())
+    "Rank and world size of the `torch.distributed` process group (1 process without one); every rank starts as rank 0."
+    self.rank, self.world = rank_world()
+    broadcast_(self.module)
 
 # %% ../nbs/20_train.ipynb #112a5193
-@patch
-def _control_mean(self: Trainer) -> torch.Tensor:
-    "Mean log-normalised expression of the training control pool."
-    return self._control_moments()[0]
-
 @patch
 @torch.no_grad()
 def _init_decoder(self: Trainer):
     """Start the decoder at the controls: output bias = their mean (log-normalised), or the log of their mean
     expression fractions ('nb'); a Gaussian noise model starts at half their per-gene variance."""
     mod = self.module
-    if getattr(mod, "on_target", False): mod.kappa.fill_(self._on_target_change())
+    if getattr(mod, "on_target", False): mod.kappa.fill_(self.data.on_target_change(self.pool, fractions=self.counts))
     if self.counts:
-        frac, _ = self._control_moments(fractions=True)
+        frac, _ = self.data.control_moments(self.pool, fractions=True)
         mod.init_decoder_bias_(torch.log(frac.clamp_min(1e-8)))
         return
-    mean, var = self._control_moments()
+    mean, var = self.data.control_moments(self.pool)
     mod.init_decoder_bias_(mean)
     if getattr(mod, "likelihood", "mse") == "gaussian":
         mod.px_logvar.copy_(torch.log((0.5 * var).clamp_min(1e-4)).to(mod.px_logvar.device))
@@ -324,39 +275,13 @@ def _batch(self: Trainer, idx, generator, host=None, share=None):
     return x, y, labels_g, index, c, layout, extra
 
 # %% ../nbs/20_train.ipynb #3d0b3443
-@dataclass
-class Share:
-    "This rank's part of one step: its cells' positions in the step (`rows`), the step's size and its weights."
-    rows: torch.Tensor
-    n_global: int
-    weights: tuple
-    @property
-    def n_local(self) -> int: return len(self.rows)
-
-@patch
-def _share(self: Trainer, step: list) -> tuple:
-    "Split one step's chunks between ranks by perturbation, balancing cells: (this rank's cell indices, `Share`)."
-    sizes = np.array([len(ch) for ch in step]); offs = np.r_[0, np.cumsum(sizes)]
-    codes = [int(self.data.codes[int(ch[0])]) for ch in step]
-    groups = {}
-    for j, code in enumerate(codes): groups.setdefault(code, []).append(j)
-    load, owner = np.zeros(self.world, np.int64), {}
-    for code in sorted(groups, key=lambda k: -sizes[groups[k]].sum()):     # stable: ties keep the step's order
-        r = int(np.argmin(load)); owner[code] = r; load[r] += sizes[groups[code]].sum()
-    mine = [j for j in range(len(step)) if owner[codes[j]] == self.rank]
-    idx = np.concatenate([step[j] for j in mine]) if mine else np.zeros(0, np.int64)
-    rows = np.concatenate([np.arange(offs[j], offs[j + 1]) for j in mine]) if mine else np.zeros(0, np.int64)
-    n_mine = sum(owner[k] == self.rank for k in groups)
-    w = (len(idx) / offs[-1], n_mine / len(groups))
-    return torch.from_numpy(idx), Share(torch.from_numpy(rows).to(self.device), int(offs[-1]), w)
-
 @patch
 def _steps(self: Trainer, sampler):
     "(cell indices, rows read ahead or None, `Share` or None) per step of `sampler`."
     if self.world == 1:
         for idx, host in self.data.prefetch(iter(sampler)): yield idx, host, None
         return
-    shares = [self._share(step) for step in sampler.steps()]
+    shares = [share_step(step, self.data.codes, self.rank, self.world, self.device) for step in sampler.steps()]
     for (idx, host), (_, sh) in zip(self.data.prefetch(s[0] for s in shares), shares): yield idx, host, sh
 
 @patch
@@ -369,29 +294,6 @@ def _draws(self: Trainer, share: Share, generator) -> dict:
         out["noise_y"] = torch.randn((n, self.data.n_genes), generator=generator, device=dev)[rows]
     return out
 
-@patch
-def _allreduce_grads(self: Trainer):
-    "Sum the gradients of all ranks (one flat all-reduce); a parameter without gradient on every rank keeps none."
-    import torch.distributed as dist
-    ps = [p for p in self.module.parameters() if p.requires_grad]
-    has = torch.tensor([float(p.grad is not None) for p in ps], device=self.device)
-    dist.all_reduce(has)
-    live = [p for p, h in zip(ps, has.tolist()) if h > 0]
-    if not live: return
-    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in live])
-    dist.all_reduce(flat)
-    o = 0
-    for p in live: p.grad = flat[o:o + p.numel()].view_as(p).clone(); o += p.numel()
-
-@patch
-def _sum_ranks(self: Trainer, t: torch.Tensor) -> torch.Tensor:
-    "`t` summed over ranks (itself in one process)."
-    if self.world == 1: return t
-    import torch.distributed as dist
-    t = t.clone(); dist.all_reduce(t)
-    return t
-
-
 # %% ../nbs/20_train.ipynb #0a1849ff
 @patch
 def _train_epoch(self: Trainer, epoch):
@@ -400,8 +302,9 @@ def _train_epoch(self: Trainer, epoch):
     beta = cfg.beta(epoch)
     acc = torch.zeros(len(_PARTS), device=self.device); n = 0
     steps = len(self.sampler); total = max(cfg.max_epochs * steps, 1)  # the planned run, so resume is exact
-    sync = self._allreduce_grads if self.world > 1 else None
+    sync = (lambda: allreduce_grads_(mod.parameters())) if self.world > 1 else None
     for i, (idx, host, share) in enumerate(self._steps(self.sampler)):
+        if self.step_limit is not None and i >= self.step_limit: break
         if cfg.lr_schedule != "constant":
             lr = cfg.lr * cfg.lr_factor((epoch * steps + i) / total)
             for g in self.optimizer.param_groups: g["lr"] = lr
@@ -414,10 +317,10 @@ def _train_epoch(self: Trainer, epoch):
                                   generator=self.generator, grad_sync=sync, **cnt)
         if parts is not None: acc += torch.stack([parts[k] for k in _PARTS])
         n += 1
-        if self.step_losses is not None: self.step_losses.append(float(self._sum_ranks(acc.new_tensor(
+        if self.step_losses is not None: self.step_losses.append(float(sum_ranks(acc.new_tensor(
             float(parts["loss"]) if parts is not None else 0.0))))
         if (i + 1) % cfg.check_every == 0: self._check(acc, epoch, i)
-    acc = self._sum_ranks(acc)
+    acc = sum_ranks(acc)
     self._check(acc, epoch, n)
     mod.n_steps += n
     return dict(zip(_PARTS, (acc / max(n, 1)).tolist())), beta
@@ -444,7 +347,7 @@ def validate(self: Trainer, epoch: int) -> dict:
         _, parts = forward_loss(mod, x, y, lg, index, c, beta=cfg.beta(epoch), cfg=cfg, layout=layout, generator=gen,
                                 **cnt)
         acc += torch.stack([parts[k] for k in _PARTS])
-    acc = self._sum_ranks(acc)
+    acc = sum_ranks(acc)
     mod.train(was)
     out = dict(zip(_PARTS, (acc / max(n, 1)).tolist()))
     out["score"] = self._score(out)
@@ -537,9 +440,7 @@ def load_best(self: Trainer):
         self.module.load_state_dict(st["module"])
     elif self.best_state is not None:
         self.module.load_state_dict(self.best_state)
-    if self.world > 1:                              # every rank ends with rank 0's weights
-        import torch.distributed as dist
-        for t in self.module.state_dict().values(): dist.broadcast(t, 0)
+    broadcast_(self.module)                         # data-parallel: every rank ends with rank 0's weights
 
 # %% ../nbs/20_train.ipynb #2f926e51
 @patch

@@ -71,13 +71,13 @@ def test_two_processes_match_one(likelihood, tmp_path):
 def test_share_splits_by_perturbation():
     "Each step's chunks go to ranks whole by perturbation; together the ranks cover the step once."
     from sccvae.train import Trainer, TrainConfig
+    from sccvae.parallel import share_step
     data, module = _setup("gaussian")
     tr = Trainer(module, data, TrainConfig.fast(batch_size=8, pack=6, progress=False))
     for step in list(tr.sampler.steps())[:20]:
         parts = []
         for r in range(3):
-            tr.rank, tr.world = r, 3
-            idx, sh = tr._share(step)
+            idx, sh = share_step(step, data.codes, r, 3)
             parts.append((idx.numpy(), sh))
         allidx = np.concatenate([p[0] for p in parts])
         np.testing.assert_array_equal(np.sort(allidx), np.sort(np.concatenate(step)))

@@ -22,7 +22,7 @@ from .registry import (REGISTRY_KEY, TARGET_KEY, TARGET_SUM, COMBINATION, _check
 _log = logging.getLogger("sccvae")
 
 # %% auto #0
-__all__ = ['RowReader', 'prepare_store', 'read_store', 'read_rows', 'store_reader']
+__all__ = ['RowReader', 'prepare_store', 'read_store', 'read_rows', 'store_reader', 'cells_to_memory']
 
 # %% ../../nbs/01e_store.ipynb #cf68a275
 def _read_elem(node):
@@ -244,7 +244,7 @@ def prepare_store(source, out, *,
                   gene_symbol_key: str | None = "auto", # as in `setup_anndata`
                   exclude=None, collapse_guides: bool = False, combination_delimiter: str | None = None,
                   target_sum: float = TARGET_SUM,      # normalisation of counts: log1p(count / total · target_sum)
-                  chunk_cells: int = 16384,            # cells read per chunk of the source
+                  chunk_cells: int | None = None,      # cells read per chunk of the source (None: ~256 MB of float32)
                   overwrite: bool = False,             # rebuild even if `out` holds the store of this source and settings
                  ) -> Path:
     """Write a Perturb-seq h5ad once as a store sccvae trains from without loading it: registered as by
@@ -275,6 +275,7 @@ def prepare_store(source, out, *,
                                                                     collapse_guides, combination_delimiter)
         _warn_unmatched_ids(meta, cats, ens, gene_symbol_key)
         reader = RowReader(source, key)
+        if chunk_cells is None: chunk_cells = max(256, int(256e6 // (4 * max(reader.shape[1], 1))))
         try: _prepare(reader, meta, out, source, target, cats, controls, n_excl, settings, fp, gene_symbol_key,
                       combination_delimiter, collapse_guides, perturbation_key, float(target_sum), int(chunk_cells), key)
         finally: reader.close()
@@ -364,3 +365,16 @@ def store_reader(adata: ad.AnnData) -> RowReader:
     r = _READERS.get(key)
     if r is None or r.path is None: r = _READERS[key] = RowReader(adata)
     return r
+
+# %% ../../nbs/01e_store.ipynb #c5c27b70
+def cells_to_memory(adata: ad.AnnData, idx) -> ad.AnnData:
+    """The cells `idx` of a registered AnnData as an in-memory AnnData (X as stored: dense or CSR), still registered
+    and normalised: e.g. the held-out cells of a fold, read from a store. In memory already: `adata[idx].copy()`."""
+    idx = np.asarray(idx)
+    if idx.dtype == bool: idx = np.flatnonzero(idx)
+    if not getattr(adata, "isbacked", False): return adata[idx].copy()
+    X = read_rows(adata, idx, dense=False)
+    uns = {k: v for k, v in adata.uns.items()}
+    uns[REGISTRY_KEY] = {k: v for k, v in adata.uns[REGISTRY_KEY].items() if k != "store"}
+    return ad.AnnData(X=X, obs=adata.obs.iloc[idx].copy(), var=adata.var.copy(), uns=uns)
+
