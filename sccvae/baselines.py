@@ -61,16 +61,16 @@ class Baseline:
             _log.info("no obs[%r] column: every cell is used as training data", split_key)
         is_ctrl = (tgt == scd.CONTROL).to_numpy() & train
         if not is_ctrl.any(): raise ValueError("no training control cells: controls must be in the training split.")
-        X = adata.X
-        X = X.tocsr() if sp.issparse(X) else np.asarray(X, dtype=np.float32)
-        self.control_ = X[np.flatnonzero(is_ctrl)]
+        X = None if scd.is_store(adata) else (adata.X.tocsr() if sp.issparse(adata.X) else np.asarray(adata.X, dtype=np.float32))
+        self.control_ = scd.read_rows(adata, np.flatnonzero(is_ctrl), dense=False) if X is None else X[np.flatnonzero(is_ctrl)]
         self.control_mean_ = _pseudobulk(self.control_, np.zeros(self.control_.shape[0], dtype=np.int64), 1)[0]
         pert = tgt.where(train & tgt.notna().to_numpy() & (tgt != scd.CONTROL).to_numpy(), None)
         self.train_perturbations_ = sorted(set(pert.dropna().astype(str)))
         lut = {p: i for i, p in enumerate(self.train_perturbations_)}
         codes = np.array([lut.get(p, -1) if isinstance(p, str) else -1 for p in pert], dtype=np.int64)
         self.train_counts_ = np.bincount(codes[codes >= 0], minlength=len(lut))
-        self.train_bulk_ = _pseudobulk(X, codes, len(lut)) if lut else np.zeros((0, adata.n_vars))
+        if not lut: self.train_bulk_ = np.zeros((0, adata.n_vars))
+        else: self.train_bulk_ = scd.group_means(adata, codes, len(lut)) if X is None else _pseudobulk(X, codes, len(lut))   # a store: streamed
         self.var_ = adata.var.copy()
         self.perturbation_key_ = reg["perturbation_key"]
         self.default_n_cells_ = int(np.median(self.train_counts_)) if len(lut) else 100

@@ -423,8 +423,7 @@ def fit_anchor(self: SCCVAE, n_folds: int = 5, n_cells: int = 64, max_perturbati
 
 # %% ../nbs/40_model.ipynb #b8f749aa
 def _rows_of(adata, idx):
-    X = adata.X[idx]
-    return np.asarray(X.toarray() if sp.issparse(X) else X, dtype=np.float32)
+    return scd.read_rows(adata, idx)
 
 @patch
 @torch.no_grad()

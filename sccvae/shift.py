@@ -124,7 +124,7 @@ def penetrance_errors(module, z, S, targets, grid, *, max_rows: int = 65536, lib
 
 # %% ../nbs/21_shift.ipynb #b1453c6f
 def _mean_rows(adata, idx) -> np.ndarray:
-    X = adata.X[np.sort(idx)]
+    X = scd.read_rows(adata, np.sort(idx), dense=False)     # in memory, or from a store on disk
     return np.asarray(X.mean(0)).ravel().astype(np.float32) if sp.issparse(X) else np.asarray(X, np.float32).mean(0)
 
 def _linear_targets(model, perts, baseline):

@@ -8,10 +8,10 @@ Docs: https://sccvae.github.io/sccvae/data_package.html.md"""
 __all__ = ['REGISTRY_KEY', 'TARGET_KEY', 'CONTROL', 'TARGET_SUM', 'DEFAULT_EXCLUDE', 'COMBINATION', 'combination_parts',
            'check_split_column', 'setup_anndata', 'get_registry', 'gene_symbols', 'targets', 'perturbation_table',
            'check_values', 'normalize', 'is_store', 'RowReader', 'prepare_store', 'read_store', 'read_rows',
-           'store_reader', 'cells_to_memory', 'read_logreg_scores', 'filter_perturbations', 'paper_subset',
-           'paper_folds', 'gene_embedding', 'perturbation_labels', 'read_gene_embedding', 'combine_labels',
-           'ood_manifest', 'iid_manifest', 'combination_manifest', 'split_columns', 'save_manifest', 'load_manifest',
-           'apply_split', 'holdout_cells', 'target_columns']
+           'store_reader', 'cells_to_memory', 'group_means', 'read_logreg_scores', 'filter_perturbations',
+           'paper_subset', 'paper_folds', 'gene_embedding', 'perturbation_labels', 'read_gene_embedding',
+           'combine_labels', 'ood_manifest', 'iid_manifest', 'combination_manifest', 'split_columns', 'save_manifest',
+           'load_manifest', 'apply_split', 'holdout_cells', 'target_columns']
 
 # %% ../../nbs/01d_data_package.ipynb #02e8b2b7
 from .registry import *
@@ -25,7 +25,7 @@ from .registry import _check_in_memory, _lognorm_rows, _SPLITS  # private helper
 _all_ = ['REGISTRY_KEY', 'TARGET_KEY', 'CONTROL', 'TARGET_SUM', 'DEFAULT_EXCLUDE', 'COMBINATION', 'combination_parts',
          'check_split_column', 'setup_anndata',
          'get_registry', 'gene_symbols', 'targets', 'perturbation_table', 'check_values', 'normalize', 'is_store', 'RowReader', 'prepare_store', 'read_store', 'read_rows', 'store_reader',
-         'cells_to_memory',
+         'cells_to_memory', 'group_means',
          'read_logreg_scores', 'filter_perturbations', 'paper_subset', 'paper_folds', 'gene_embedding',
          'perturbation_labels', 'read_gene_embedding', 'combine_labels', 'ood_manifest', 'iid_manifest', 'combination_manifest',
          'split_columns', 'save_manifest', 'load_manifest', 'apply_split', 'holdout_cells', 'target_columns']

@@ -13,6 +13,7 @@ import scipy.sparse as sp
 import anndata as ad
 
 from .registry import CONTROL, get_registry, perturbation_table, targets
+from .store import read_rows
 
 # %% auto #0
 __all__ = ['read_logreg_scores', 'filter_perturbations', 'paper_subset', 'paper_folds']
@@ -35,14 +36,13 @@ def _pca_features(adata, cells, n_pcs, seed, max_fit=20_000):
     from sklearn.decomposition import PCA
     rng = np.random.default_rng(seed)
     fit = cells if len(cells) <= max_fit else np.sort(rng.choice(cells, max_fit, replace=False))
-    Xf = adata.X[fit]; Xf = Xf.toarray() if sp.issparse(Xf) else np.asarray(Xf)
+    Xf = read_rows(adata, fit)                # in memory, or from a store on disk
     k = int(min(n_pcs, Xf.shape[0] - 1, Xf.shape[1]))
     pca = PCA(n_components=k, svd_solver="randomized", random_state=seed).fit(Xf)
     out = np.empty((adata.n_obs, k), dtype=np.float32)
     for s in range(0, len(cells), 10_000):  # chunks keep the dense copy small
         idx = cells[s:s + 10_000]
-        blk = adata.X[idx]; blk = blk.toarray() if sp.issparse(blk) else np.asarray(blk)
-        out[idx] = pca.transform(blk)
+        out[idx] = pca.transform(read_rows(adata, idx))
     return out
 
 # %% ../../nbs/01a_filter.ipynb #90bd317a

@@ -22,7 +22,7 @@ from .registry import (REGISTRY_KEY, TARGET_KEY, TARGET_SUM, COMBINATION, _check
 _log = logging.getLogger("sccvae")
 
 # %% auto #0
-__all__ = ['RowReader', 'prepare_store', 'read_store', 'read_rows', 'store_reader', 'cells_to_memory']
+__all__ = ['RowReader', 'prepare_store', 'read_store', 'read_rows', 'store_reader', 'cells_to_memory', 'group_means']
 
 # %% ../../nbs/01e_store.ipynb #cf68a275
 def _read_elem(node):
@@ -369,12 +369,29 @@ def store_reader(adata: ad.AnnData) -> RowReader:
 # %% ../../nbs/01e_store.ipynb #c5c27b70
 def cells_to_memory(adata: ad.AnnData, idx) -> ad.AnnData:
     """The cells `idx` of a registered AnnData as an in-memory AnnData (X as stored: dense or CSR), still registered
-    and normalised: e.g. the held-out cells of a fold, read from a store. In memory already: `adata[idx].copy()`."""
+    and normalised: e.g. the held-out cells of a fold, read from a store. In memory already: the view `adata[idx]`."""
     idx = np.asarray(idx)
     if idx.dtype == bool: idx = np.flatnonzero(idx)
-    if not getattr(adata, "isbacked", False): return adata[idx].copy()
+    if not getattr(adata, "isbacked", False): return adata[idx]
     X = read_rows(adata, idx, dense=False)
     uns = {k: v for k, v in adata.uns.items()}
     uns[REGISTRY_KEY] = {k: v for k, v in adata.uns[REGISTRY_KEY].items() if k != "store"}
     return ad.AnnData(X=X, obs=adata.obs.iloc[idx].copy(), var=adata.var.copy(), uns=uns)
+
+
+# %% ../../nbs/01e_store.ipynb #6a479f1b
+def group_means(adata: ad.AnnData, codes, n_groups: int, chunk_cells: int = 8192) -> np.ndarray:
+    """Mean row of each group 0..`n_groups`-1 (float64; `codes` per cell, -1: none), in memory or streamed from a
+    store: only the runs of cells that belong to a group are read, `chunk_cells` at a time (a store keeps a
+    perturbation's cells together, so its groups are few long runs)."""
+    codes = np.asarray(codes, dtype=np.int64)
+    sums, cnt = np.zeros((n_groups, adata.n_vars)), np.bincount(codes[codes >= 0], minlength=n_groups).astype(np.float64)
+    cells = np.flatnonzero(codes >= 0)
+    for s in range(0, len(cells), chunk_cells):
+        idx = cells[s:s + chunk_cells]
+        B = read_rows(adata, idx, dense=False)
+        ind = sp.csr_matrix((np.ones(len(idx)), (codes[idx], np.arange(len(idx)))), shape=(n_groups, len(idx)))
+        part = ind @ (B.astype(np.float64) if sp.issparse(B) else np.asarray(B, dtype=np.float64))
+        sums += part.toarray() if sp.issparse(part) else part
+    return sums / np.maximum(cnt, 1)[:, None]
 

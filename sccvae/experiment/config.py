@@ -110,6 +110,9 @@ class RunConfig:
     perturbations: Sequence[str] | None = opt(None, "restrict the run to these perturbations", group="data",
                                               stage="prepare", flag=None)
     collapse_guides: bool = opt(False, "pool guide-level labels like EGR1_2 by target gene", group="data", stage="prepare")
+    stream: bool = opt(False, "train from disk: write the .h5ad once as a store (checked, normalised, sorted by "
+                       "perturbation) and read cells by rows, never the whole matrix (screens larger than memory)",
+                       group="data", stage="prepare", papermill=True, note="stream the screen from a store on disk")
     force_prepare: bool = opt(False, "prepare the data again although OUT_DIR/NAME/prepared exists with other settings",
                               group="data", stage="prepare", arg="force")
     fold_assignment: str | None = opt(None, "CSV perturbation,ood_test_split fixing the OOD folds (e.g. k562_ood_splits.csv)",

@@ -163,8 +163,7 @@ def _expression_distance(ctx, perts, *, max_cells=200, max_controls=500, seed=0,
         else: idx = np.flatnonzero((t == p) & (s == "train"))
         if len(idx) < 2: out[p] = np.nan; continue
         if len(idx) > max_cells: idx = np.sort(rng.choice(idx, max_cells, replace=False))
-        X = a.X[idx]; X = np.asarray(X.toarray() if sp.issparse(X) else X, np.float32)
-        out[p] = edistance(X, Cm, device=device)
+        out[p] = edistance(scd.read_rows(a, idx), Cm, device=device)
     return pd.Series(out, name="expression_distance")
 
 # %% ../../nbs/52_experiment_fold.ipynb #db92e0d7

@@ -73,8 +73,9 @@ _PREP_CACHE: dict = {}
 def _read_prepared(d: Path, settings: dict) -> Prepared:
     key = (str(d), (d / "settings.json").stat().st_mtime_ns)
     if key in _PREP_CACHE: return _PREP_CACHE[key]
-    adata = ad.read_h5ad(d / "adata.h5ad")
     labels = pd.read_csv(d / "labels.csv", index_col=0); labels.index = labels.index.astype(str)
+    if settings.get("stream"): adata = _subset_registered(scd.read_store(d / "store.h5ad"), list(labels.index))
+    else: adata = ad.read_h5ad(d / "adata.h5ad")
     labels = labels.astype(np.float32)
     man = scd.load_manifest(d / "manifest.csv.gz")
     ft = pd.read_csv(d / "filter.csv", index_col=0) if (d / "filter.csv").exists() else None
@@ -103,7 +104,7 @@ def _resolved(p): return None if p is None else str(Path(p).resolve())
 
 def _prepare_settings(data, *, perturbation_key, control_group, gene_symbol_key, perturbations, fold_assignment,
                       manifest, n_folds, val_frac, min_cells, min_score, scores, n_label_components, seed,
-                      synthetic_size, collapse_guides) -> dict:
+                      synthetic_size, collapse_guides, stream=False) -> dict:
     "What defines a preparation (its `settings.json`)."
     fixed = fold_assignment is not None or manifest is not None
     settings = dict(version=1, data=_fingerprint(data, synthetic_size, seed), perturbation_key=perturbation_key,
@@ -114,6 +115,7 @@ def _prepare_settings(data, *, perturbation_key, control_group, gene_symbol_key,
                     min_cells=min_cells, min_score=min_score, scores=_resolved(scores),
                     n_label_components=int(n_label_components), seed=int(seed))
     if collapse_guides: settings["collapse_guides"] = True     # only when set: older preparations stay valid
+    if stream: settings["stream"] = True
     return json.loads(json.dumps(settings))
 
 # %% ../../nbs/51_experiment_prepare.ipynb #cdfa9384
@@ -146,10 +148,15 @@ def _kept_perturbations(adata, *, perturbations, folds, min_cells, min_score, sc
 
 def _subset_registered(adata, keep) -> ad.AnnData:
     """The controls and the cells of `keep`, without layers; the registration follows the subset (the categories
-    of the kept perturbations only, the registry's counts), as registering the subset again would give."""
+    of the kept perturbations only, the registry's counts), as registering the subset again would give. A store on
+    disk is not copied: the other cells are marked excluded (their target NaN), in memory."""
     t = scd.targets(adata).astype(object)
-    out = adata[(t == scd.CONTROL).to_numpy() | t.isin(keep).to_numpy()].copy()
-    out.layers.clear()
+    if scd.is_store(adata):
+        out = adata
+        out.obs[scd.TARGET_KEY] = out.obs[scd.TARGET_KEY].where(t.isin(set(keep) | {scd.CONTROL}).to_numpy())
+    else:
+        out = adata[(t == scd.CONTROL).to_numpy() | t.isin(keep).to_numpy()].copy()
+        out.layers.clear()
     tk = out.obs[scd.TARGET_KEY].cat.remove_unused_categories()
     out.obs[scd.TARGET_KEY] = tk
     reg = dict(out.uns[scd.REGISTRY_KEY])
@@ -171,7 +178,7 @@ def _reuse_prepared(d: Path, settings: dict, force: bool):
 
 def _write_prepared(d: Path, adata, labels, man, ft, settings: dict):
     "Write a preparation's files into `d`; settings.json last, so its presence marks a complete preparation."
-    write_h5ad(d / "adata.h5ad", adata)
+    if not scd.is_store(adata): write_h5ad(d / "adata.h5ad", adata)   # a store is in d already, written once
     write_csv(d / "labels.csv", labels)
     scd.save_manifest(man, d / "manifest.csv.gz")
     if ft is not None: write_csv(d / "filter.csv", ft)
@@ -198,6 +205,7 @@ def prepare(data=None, *,
             synthetic_size: str = "tiny", # preset of the simulated screen when `data` is None
             force: bool = False, # prepare again although a preparation with other settings exists
             collapse_guides: bool = False, # pool guide labels like `EGR1_2` by target (see `setup_anndata`)
+            stream: bool = False, # write `data` (an .h5ad path) once as a store in the preparation and read it from disk
            ) -> Prepared:
     """Prepare (or reuse) `out_dir/name/prepared/`. `data`: .h5ad path, AnnData, or None (synthetic screen).
     Temporary files that killed runs left in `out_dir/name` are removed first (`remove_stale_temps`)."""
@@ -208,16 +216,25 @@ def prepare(data=None, *,
                                  fold_assignment=fold_assignment, manifest=manifest, n_folds=n_folds, val_frac=val_frac,
                                  min_cells=min_cells, min_score=min_score, scores=scores,
                                  n_label_components=n_label_components, seed=seed, synthetic_size=synthetic_size,
-                                 collapse_guides=collapse_guides)
+                                 collapse_guides=collapse_guides, stream=stream)
     with file_lock(Path(out_dir) / name / ".prepare.lock"):
         gone = remove_stale_temps(Path(out_dir) / name, before=time.time())
         if gone: _log.info("removed %d temporary files of killed runs, e.g. %s", len(gone), gone[0])
         if (hit := _reuse_prepared(d, settings, force)) is not None: return hit
         t0 = time.perf_counter()
-        adata = load_screen(data, synthetic_size=synthetic_size, seed=seed)
-        scd.setup_anndata(adata, perturbation_key=perturbation_key, control_group=control_group,
-                          gene_symbol_key=gsk, collapse_guides=collapse_guides)
-        scd.normalize(adata)
+        if stream:
+            if data is None or isinstance(data, ad.AnnData):
+                raise ValueError("stream=True writes an .h5ad file on disk once as a store and reads it by rows: pass "
+                                 "its path as data (an AnnData in memory, or the simulated screen, is used in memory).")
+            store = scd.prepare_store(check_h5ad(data), d / "store.h5ad", perturbation_key=perturbation_key,
+                                      control_group=control_group, gene_symbol_key=gsk, collapse_guides=collapse_guides,
+                                      overwrite=True)
+            adata = scd.read_store(store)
+        else:
+            adata = load_screen(data, synthetic_size=synthetic_size, seed=seed)
+            scd.setup_anndata(adata, perturbation_key=perturbation_key, control_group=control_group,
+                              gene_symbol_key=gsk, collapse_guides=collapse_guides)
+            scd.normalize(adata)
         folds = scd.paper_folds(fold_assignment) if fold_assignment is not None else None
         keep, ft = _kept_perturbations(adata, perturbations=perturbations, folds=folds, min_cells=min_cells,
                                        min_score=min_score, scores=scores, seed=seed)
@@ -245,16 +262,17 @@ class FoldContext:
     @property
     def adata(self): return self.prep.adata
     def truth(self) -> ad.AnnData:
-        "The held-out cells that every method is scored on."
+        "The held-out cells that every method is scored on (in memory, also from a store)."
         ev = self.eval_cells.index[self.eval_cells.role == "evaluate"]
-        return self.adata[ev]
+        return scd.cells_to_memory(self.adata, self.adata.obs_names.get_indexer(ev))
     def selection(self) -> ad.AnnData:
         "The held-out cells used to select c in the `holdout` mode (empty when eval_mode is 'all')."
-        return self.adata[self.eval_cells.index[self.eval_cells.role == "select"]]
+        sel = self.eval_cells.index[self.eval_cells.role == "select"]
+        return scd.cells_to_memory(self.adata, self.adata.obs_names.get_indexer(sel))
     def controls(self) -> ad.AnnData:
         "Training control cells: the reference of the metrics and the figures (the one place that picks them)."
         t, s = scd.targets(self.adata), self.adata.obs["split"].astype(str)
-        return self.adata[((t == scd.CONTROL) & (s == "train")).to_numpy()]
+        return scd.cells_to_memory(self.adata, ((t == scd.CONTROL) & (s == "train")).to_numpy())
     def n_eval_cells(self) -> pd.Series:
         "Scored cells per held-out perturbation."
         return self.eval_cells[self.eval_cells.role == "evaluate"].perturbation.value_counts()
