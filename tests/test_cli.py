@@ -49,6 +49,7 @@ def test_every_cli_flag_maps_to_a_run_config_field():
     from sccvae.experiment.config import RunConfig, option_reach
     names = {f.name for f in fields(RunConfig)}
     execution = {"folds", "graphs", "gpus", "workers", "no_papermill", "template", "no_report", "dry_run", "emit_slurm", "slurm_sbatch",
+                 "nproc_per_node", "nnodes", "rdzv_endpoint",
                  "kwargs", "verbose", "help"}
     sub = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     for cmd in ("run", "fold", "prepare"):

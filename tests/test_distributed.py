@@ -88,3 +88,24 @@ def test_share_splits_by_perturbation():
         codes = [set(data.codes[p[0]].tolist()) for p in parts]
         assert all(not (codes[a] & codes[b]) for a in range(3) for b in range(a + 1, 3))
         assert abs(sum(sh.weights[0] for _, sh in parts) - 1) < 1e-12 and abs(sum(sh.weights[1] for _, sh in parts) - 1) < 1e-12
+
+
+def test_fold_under_torchrun_matches_one_process(tmp_path):
+    "`sccvae fold --nproc-per-node 2` (torchrun, gloo): rank 0 finishes the fold; its training history is one process's."
+    import json, subprocess
+    import pandas as pd
+    from sccvae.experiment.fold import run_fold
+    kw = dict(split=0, graph="full", n_folds=3, n_label_components=10, n_latent=16, n_hidden=64, max_epochs=3, pack=4,
+              train_preset="fast", accelerator="cpu", embedding="pca", n_pred_cells=48, max_eval_cells=96,
+              progress=False, figures=False, baselines=False, default_model=False)
+    one = run_fold(name="one", out_dir=str(tmp_path), **kw)
+    env = dict(os.environ, IN_TEST="1", OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-c", "from sccvae.cli import main; raise SystemExit(main())", "fold", "--nproc-per-node", "2",
+           "--kwargs", json.dumps(dict(kw, name="two", out_dir=str(tmp_path)))]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    h1 = pd.read_csv(one.path / "history.csv")
+    h2 = pd.read_csv(tmp_path / "two" / "split_0" / "full" / "history.csv")
+    for k in ("train_loss", "val_score"):
+        np.testing.assert_allclose(h2[k], h1[k], rtol=1e-4)
+    assert (tmp_path / "two" / "split_0" / "full" / "DONE.json").exists()

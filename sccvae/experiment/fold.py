@@ -22,6 +22,7 @@ from ..metrics import edistance
 from ..model import SCCVAE
 from ..shift import select_penetrance
 from ..utils import write_csv, write_json, write_text, write_h5ad, file_lock, md_table, get_device
+from ..parallel import init_distributed, rank_world
 from .config import (RunConfig, GRAPH_ORDER, GRAPH_NAMES, DEFAULT_METHOD, RUN_SHIFT_MODES,
                                       FOLD_SETTINGS, method_name, check_keywords, prepare_kwargs, signature)
 from .prepare import Prepared, FoldContext, prepare, fold_context
@@ -277,7 +278,7 @@ def _train(f: _Fold):
     f.history = f.model.train(max_epochs=c.max_epochs, batch_size=c.batch_size, pack=c.pack, accelerator=c.accelerator,
                               device=c.device, seed=c.seed, checkpoint_dir=f.gdir / "checkpoints", resume=True,
                               progress=c.progress and not os.environ.get("IN_TEST"), **tkw)
-    write_csv(f.gdir / "history.csv", f.history, index=False)
+    if rank_world()[0] == 0: write_csv(f.gdir / "history.csv", f.history, index=False)
 
 # %% ../../nbs/52_experiment_fold.ipynb #461b08ae
 def _select(f: _Fold):
@@ -437,6 +438,7 @@ def run_fold(**kw) -> FoldResult:
     evaluation, output); `option_reach(name)` says where each one goes."""
     c = RunConfig(**check_keywords(kw, "run_fold"))
     f = _Fold(c, _shift_modes(c))
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1: return _run_fold_parallel(f)   # under torchrun
     t0 = time.perf_counter()
     done = _prepare_stage(f)
     if done is not None: return done
@@ -449,3 +451,29 @@ def run_fold(**kw) -> FoldResult:
     return _finish(f)
 
 run_fold.__signature__ = signature(RunConfig)
+
+def _run_fold_parallel(f: _Fold) -> FoldResult | None:
+    """`run_fold` under `torchrun`: rank 0 prepares and fixes the fold, every rank trains its share of each step
+    (`sccvae.parallel`), then rank 0 alone selects, predicts, scores and reports; the other ranks return None."""
+    import torch.distributed as dist
+    init_distributed()
+    rank, c = rank_world()[0], f.cfg
+    t0 = time.perf_counter()
+    done = _prepare_stage(f) if rank == 0 else None
+    skip = [done is not None]; dist.broadcast_object_list(skip, 0)
+    if skip[0]: dist.destroy_process_group(); return done
+    if rank != 0:                                   # rank 0 prepared: reuse its preparation and fold cells
+        f.prep = prepare(**prepare_kwargs(c))
+        f.gdir = Path(c.out_dir) / c.name / f"split_{int(c.split)}" / c.graph
+        f.ctx = fold_context(f.prep, int(c.split), c.out_dir, c.name, eval_cells=c.eval_cells, seed=c.seed)
+    f.times["prepare"] = time.perf_counter() - t0
+    _resolve(f)
+    t = time.perf_counter(); _build_model(f); _train(f); f.times["train"] = time.perf_counter() - t
+    dist.destroy_process_group()                    # what follows is rank 0's alone
+    if rank != 0: return None
+    for key, stages in FOLD_STAGES:
+        if key == "train": continue
+        t = time.perf_counter()
+        for stage in stages: stage(f)
+        f.times[key] = time.perf_counter() - t - (f.times.get("default_model", 0.0) if key == "evaluate" else 0.0)
+    return _finish(f)

@@ -24,7 +24,7 @@ _log = logging.getLogger("sccvae")
 _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 # %% auto #0
-__all__ = ['find_template', 'task_command', 'run_many', 'parse_folds', 'slurm_script', 'run_demo']
+__all__ = ['find_template', 'torchrun_command', 'task_command', 'run_many', 'parse_folds', 'slurm_script', 'run_demo']
 
 # %% ../../nbs/54_experiment_launch.ipynb #c1a3281f
 def find_template() -> Path | None:
@@ -43,10 +43,25 @@ def _absolute(kw: dict) -> dict:
         if isinstance(out.get(k), (str, Path)) and str(out[k]): out[k] = str(Path(out[k]).expanduser().resolve())
     return out
 
-def task_command(kw: dict, *, papermill: bool = True, template: Path | None = None) -> tuple[list[str], Path]:
-    "The command that runs one task, and the folder its log/notebook goes to."
+_FOLD_MAIN = ("-c", "from sccvae.cli import main; raise SystemExit(main())", "fold")
+
+def torchrun_command(kw: dict, nproc_per_node: int, *, nnodes: int = 1, rdzv_endpoint: str | None = None) -> list[str]:
+    """The command that runs one fold data-parallel through `torchrun` (`torch.distributed.run`): `nproc_per_node`
+    processes (one per visible GPU, or CPU processes with gloo) on this machine, or on each of `nnodes` machines that
+    meet at `rdzv_endpoint` (host:port of one of them; run the same command on every machine)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={int(nproc_per_node)}"]
+    if nnodes > 1 or rdzv_endpoint:
+        if not rdzv_endpoint: raise ValueError("several machines (nnodes > 1) meet at a rendezvous: pass rdzv_endpoint='host:port'.")
+        cmd += [f"--nnodes={int(nnodes)}", "--rdzv-backend=c10d", f"--rdzv-endpoint={rdzv_endpoint}"]
+    else: cmd.append("--standalone")
+    return cmd + ["--no-python", sys.executable, *_FOLD_MAIN, "--kwargs", json.dumps(_absolute(kw), default=str)]
+
+def task_command(kw: dict, *, papermill: bool = True, template: Path | None = None,
+                 nproc_per_node: int = 1) -> tuple[list[str], Path]:
+    "The command that runs one task (through torchrun with `nproc_per_node` > 1), and the folder its log/notebook goes to."
     kw = _absolute(kw)
     gdir = Path(kw["out_dir"]) / kw["name"] / f"split_{int(kw['split'])}" / kw["graph"]
+    if nproc_per_node > 1: return torchrun_command(kw, nproc_per_node), gdir
     if papermill:
         params = {("data_path" if k == "data" else k): v for k, v in kw.items() if k in TEMPLATE_PARAMS or k == "data"}
         params["data_path"] = params.get("data_path") or ""
@@ -54,8 +69,7 @@ def task_command(kw: dict, *, papermill: bool = True, template: Path | None = No
         cmd = [sys.executable, "-m", "papermill", str(template), str(gdir / "run_fold.ipynb"), "-k", "python3",
                "--cwd", str(gdir), "-y", json.dumps(params, default=str), "--no-progress-bar"]
     else:
-        cmd = [sys.executable, "-c", "from sccvae.cli import main; raise SystemExit(main())", "fold",
-               "--kwargs", json.dumps(kw, default=str)]
+        cmd = [sys.executable, *_FOLD_MAIN, "--kwargs", json.dumps(kw, default=str)]
     return cmd, gdir
 
 # %% ../../nbs/54_experiment_launch.ipynb #8ba3012f
@@ -79,9 +93,10 @@ def _worker_env(gpu, gpus, n_slots) -> dict:
 
 # %% ../../nbs/54_experiment_launch.ipynb #c1ebc734
 def run_many(tasks: Sequence[dict], *, gpus: Sequence[int] | None = None, workers: int = 1, papermill: bool = True,
-             template=None, dry_run: bool = False) -> pd.DataFrame:
+             template=None, dry_run: bool = False, nproc_per_node: int = 1) -> pd.DataFrame:
     """Run `run_fold(**task)` for every task through a queue: one worker per GPU in `gpus`, else `workers` CPU
-    workers. Returns a table of tasks with their return code, seconds and log path."""
+    workers; with `nproc_per_node` > 1 each worker holds that many GPUs and runs its fold data-parallel through
+    torchrun. Returns a table of tasks with their return code, seconds and log path."""
     tasks = [_absolute(t) for t in tasks]
     if not tasks: raise ValueError("no tasks to run.")
     if papermill:
@@ -91,9 +106,12 @@ def run_many(tasks: Sequence[dict], *, gpus: Sequence[int] | None = None, worker
                           "tree?): running the folds without papermill. Set SCCVAE_TEMPLATE to its path to use it.")
             papermill = False
     tasks = _prepare_once(tasks, dry_run)
-    slots = [str(g) for g in gpus] if gpus else [None] * max(1, int(workers))
+    n = max(1, int(nproc_per_node))
+    if gpus and len(gpus) % n:
+        raise ValueError(f"{len(gpus)} GPUs do not split into groups of nproc_per_node={n}: give a multiple of {n}.")
+    slots = [",".join(map(str, gpus[i:i + n])) for i in range(0, len(gpus), n)] if gpus else [None] * max(1, int(workers))
     rows = []
-    if not papermill and not gpus and len(slots) == 1:  # in-process, sequential
+    if not papermill and not gpus and len(slots) == 1 and n == 1:  # in-process, sequential
         for t in tasks:
             t0 = time.perf_counter()
             if dry_run: rows.append(dict(**t, rc=None, seconds=0.0, log="")); continue
@@ -107,8 +125,8 @@ def run_many(tasks: Sequence[dict], *, gpus: Sequence[int] | None = None, worker
         while True:
             try: t = q.get_nowait()
             except queue.Empty: return
-            cmd, gdir = task_command(t, papermill=papermill, template=template)
-            env = _worker_env(gpu, gpus, len(slots))
+            cmd, gdir = task_command(t, papermill=papermill, template=template, nproc_per_node=n)
+            env = _worker_env(gpu, gpus, len(slots) * n)
             t0 = time.perf_counter(); rc = None
             if not dry_run:
                 gdir.mkdir(parents=True, exist_ok=True)
@@ -146,6 +164,7 @@ def slurm_script(tasks: Sequence[dict], path, *, # `run_fold` keyword dicts (one
                  papermill: bool = True, template=None, # as `run_many`
                  sbatch: Sequence[str] = (), # extra `#SBATCH` options, e.g. ['--partition=gpu', '--time=04:00:00']
                  prepare_here: bool = True, # prepare the data now (False: the tasks' folders must be prepared already)
+                 nproc_per_node: int = 1, # GPUs (processes) per task: each task runs its fold through torchrun
                 ) -> Path:
     "Write a Slurm job-array script that runs one task per array index; returns its path (written atomically)."
     tasks = [_absolute(t) for t in tasks]
@@ -158,10 +177,10 @@ def slurm_script(tasks: Sequence[dict], path, *, # `run_fold` keyword dicts (one
     bad = [o for o in sbatch if not str(o).startswith("-")]
     if bad: raise ValueError(f"sbatch options {bad} must look like '--partition=gpu' (one option each).")
     if prepare_here: tasks = _prepare_once(tasks, dry_run=False)
-    cmds = [task_command(t, papermill=papermill, template=template) for t in tasks]
+    cmds = [task_command(t, papermill=papermill, template=template, nproc_per_node=nproc_per_node) for t in tasks]
     run = Path(tasks[0]["out_dir"]) / tasks[0]["name"]
     opts = [f"--job-name=sccvae-{tasks[0]['name']}", f"--array=0-{len(tasks) - 1}", f"--output={run}/slurm/%A_%a.out"]
-    if not any(str(o).startswith(("--gpus", "--gres")) for o in sbatch): opts.append("--gpus-per-task=1")
+    if not any(str(o).startswith(("--gpus", "--gres")) for o in sbatch): opts.append(f"--gpus-per-task={max(1, int(nproc_per_node))}")
     lines = ["#!/bin/bash"] + [f"#SBATCH {o}" for o in opts + list(sbatch)] + [
         f"# sccvae: {len(tasks)} tasks (fold x graph), one per array index; when all are done: sccvae report {shlex.quote(str(run))}",
         "set -euo pipefail", "TASKS=("] + [f"  {shlex.quote(shlex.join(c))}" for c, _ in cmds] + [")", "DIRS=("] + [
