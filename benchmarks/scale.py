@@ -58,7 +58,7 @@ def write_source(path: Path, n_cells: int, n_genes: int, n_perts: int, sparse: b
     import numpy as np, pandas as pd, h5py, anndata as ad, scipy.sparse as sp
     rng = np.random.default_rng(seed)
     genes = [f"G{j:05d}" for j in range(n_genes)]
-    mean = rng.lognormal(-1.6 if sparse else -0.3, 1.2, n_genes)          # sparse: ~10% non-zero; dense: ~40%
+    mean = rng.lognormal(-2.8 if sparse else -0.3, 1.2, n_genes)          # sparse: ~10% non-zero; dense: ~60%
     effects = rng.normal(0, 0.4, (64, n_genes)) * (rng.random((64, n_genes)) < 0.05)
     n_ctrl = min(N_CONTROLS, n_cells // 4)
     perts = np.array(genes[:n_perts])

@@ -126,7 +126,7 @@ def block(self: RowReader, start: int, stop: int):
 # %% ../../nbs/01e_store.ipynb #01f693a1
 @patch
 def read(self: RowReader, idx, dense: bool = True, dtype=np.float32):
-    """Rows `idx` (any order, repeats allowed) as a dense `dtype` array, or as CSR (`dense=False`, sparse sources).
+    """Rows `idx` (any order, repeats allowed) as a dense `dtype` array, or as stored (`dense=False`: CSR or dense).
     Consecutive indices are read as one block."""
     idx = np.asarray(idx, dtype=np.int64).ravel()
     if len(idx) and (idx.min() < 0 or idx.max() >= self.shape[0]):
@@ -136,12 +136,12 @@ def read(self: RowReader, idx, dense: bool = True, dtype=np.float32):
     else:
         starts, stops = _runs(uniq)
         blocks = [self.block(int(a), int(b)) for a, b in zip(starts, stops)]
-        B = (sp.vstack(blocks, format="csr") if blocks else sp.csr_matrix((0, self.shape[1]))) if self.sparse else \
-            (np.concatenate(blocks) if blocks else np.zeros((0, self.shape[1])))
+        if len(blocks) == 1: B = blocks[0]                     # one run (e.g. everything): no second copy
+        elif self.sparse: B = sp.vstack(blocks, format="csr") if blocks else sp.csr_matrix((0, self.shape[1]))
+        else: B = np.concatenate(blocks) if blocks else np.zeros((0, self.shape[1]))
     if dense:
         B = B.toarray() if sp.issparse(B) else np.asarray(B)
         B = B.astype(dtype, copy=False)
-    elif not sp.issparse(B): B = sp.csr_matrix(B)
     return B if len(uniq) == len(idx) and (len(idx) < 2 or (np.diff(idx) > 0).all()) else B[inv]
 
 # %% ../../nbs/01e_store.ipynb #36982d66
