@@ -276,16 +276,21 @@ def prepare_store(source, out, *,
         _warn_unmatched_ids(meta, cats, ens, gene_symbol_key)
         reader = RowReader(source, key)
         if chunk_cells is None: chunk_cells = max(256, int(256e6 // (4 * max(reader.shape[1], 1))))
-        try: _prepare(reader, meta, out, source, target, cats, controls, n_excl, settings, fp, gene_symbol_key,
-                      combination_delimiter, collapse_guides, perturbation_key, float(target_sum), int(chunk_cells), key)
+        reg = dict(perturbation_key=perturbation_key, control_group=sorted(controls), collapse_guides=collapse_guides,
+                   n_excluded=int(n_excl), n_perturbations=len(cats) - 1,
+                   n_combinations=sum(COMBINATION in c for c in cats),
+                   store=dict(source=str(source.resolve()), matrix=key, fingerprint=fp,
+                              settings=json.dumps(settings, default=str), version=1))
+        if combination_delimiter is not None: reg["combination_delimiter"] = combination_delimiter
+        if gene_symbol_key is not None: reg["gene_symbol_key"] = gene_symbol_key
+        try: _prepare(reader, meta, out, target, cats, reg, float(target_sum), int(chunk_cells), f"{source}:{key}")
         finally: reader.close()
     return out
 
 # %% ../../nbs/01e_store.ipynb #d77fe05c
-def _prepare(reader, meta, out, source, target, cats, controls, n_excl, settings, fp, gene_symbol_key,
-             combination_delimiter, collapse_guides, perturbation_key, target_sum, chunk, key):
+def _prepare(reader, meta, out, target, cats, reg: dict, target_sum: float, chunk: int, what: str):
+    "Scan, order and write the store of `reader`'s matrix; `reg`: the registry so far (completed here)."
     n, m = reader.shape
-    what = f"{source}:{key}"
     kind, totals, nnz = _scan(reader, chunk, what)
     if kind == "log_normalized":
         _check_log_normalized(reader.read(np.arange(min(n, 2000))), what=what)
@@ -298,15 +303,10 @@ def _prepare(reader, meta, out, source, target, cats, controls, n_excl, settings
     dest = np.full(n, -1, np.int64); dest[order] = np.arange(len(order))
     obs = meta.obs.iloc[order].copy()
     obs[TARGET_KEY] = pd.Categorical(np.asarray(cats, dtype=object)[code[order]], categories=cats)
-    reg = dict(perturbation_key=perturbation_key, control_group=sorted(controls), collapse_guides=collapse_guides,
-               n_excluded=int(n_excl + empty.sum()), n_control=int((code[order] == 0).sum()),
-               n_perturbations=len(cats) - 1, n_combinations=sum(COMBINATION in c for c in cats),
+    reg = dict(reg, n_excluded=int(reg["n_excluded"] + empty.sum()), n_control=int((code[order] == 0).sum()),
                normalized="counts->log1p" if kind == "counts" else "input was log-normalised",
-               target_sum=target_sum if kind == "counts" else float("nan"),
-               store=dict(source=str(source.resolve()), matrix=key, format="csr" if reader.sparse else "dense",
-                          fingerprint=fp, settings=json.dumps(settings, default=str), version=1))
-    if combination_delimiter is not None: reg["combination_delimiter"] = combination_delimiter
-    if gene_symbol_key is not None: reg["gene_symbol_key"] = gene_symbol_key
+               target_sum=target_sum if kind == "counts" else float("nan"))
+    reg["store"]["format"] = "csr" if reader.sparse else "dense"
     indptr = np.r_[0, np.cumsum(nnz[order])].astype(np.int64) if reader.sparse else None
     with atomic_path(out) as tmp:
         offs = _write_skeleton(tmp, obs, meta.var, {REGISTRY_KEY: reg}, len(order), m, reader.sparse,
