@@ -17,6 +17,7 @@ from ..utils import write_csv, write_text, md_table
 from .config import GRAPH_ORDER, BASELINES, DEFAULT_METHOD, method_name
 from .prepare import load_prepared, fold_context
 from .fold import split_predictions
+from .. import interop
 
 # %% auto #0
 __all__ = ['TABLE_GRAPHS', 'report']
@@ -125,12 +126,58 @@ def _figures(run_dir: Path, res, done, base, main, *, embedding, seed) -> dict:
         save("filter_bars", pl.filter_bars(ft, min_cells=ps.get("min_cells") or 0, min_score=ps.get("min_score") or 0.0))
     return figs
 
+# %% ../../nbs/53_experiment_report.ipynb #672ed5dc
+_CE_COLS = {"mae": "MAE", "discrimination_score_l1": "discrimination (L1)", "overlap_at_N": "DE overlap@N"}
+
+def _cell_eval_fold(run_dir: Path, prep, s: str, st: dict):
+    "cell-eval's per-perturbation results of every saved prediction of fold `s` ({method: frame}) and of its cell-mean baseline."
+    folders = sorted(p.parent for p in (run_dir / s).glob("*/predictions.h5ad"))
+    if not folders: return {}, None
+    ctx = fold_context(prep, int(s.split("_")[1]), run_dir.parent, run_dir.name, eval_cells=st.get("eval_cells", "holdout"),
+                       seed=st.get("seed", 0))
+    preds = {}
+    for gd in folders: preds.update(split_predictions(ad.read_h5ad(gd / "predictions.h5ad")))
+    files = interop.to_cell_eval(preds, ctx.truth(), ctx.controls(), run_dir / s / "cell_eval")
+    out, de_real = {}, None
+    for m, f in files.items():
+        out[m] = interop.run_cell_eval(f, profile="vcc", de_real=de_real)[0]
+        de_real = de_real or f.outdir / "real_de.csv"      # the truth's DE, written by the first run
+    return out, interop.run_cell_eval(interop.cell_mean_baseline(f), profile="vcc", de_real=de_real)[0]
+
+def _cell_eval_lines(run_dir: Path, done, main, tdir: Path) -> list[str]:
+    "The report's cell-eval section: the baseline-normalised score of each method pooled over folds, or how to get it."
+    lines = ["## cell-eval: Virtual Cell Challenge score against the cell-mean baseline", ""]
+    try: interop._cell_eval()
+    except ImportError: return lines + [f"cell-eval is not installed: `{interop.INSTALL_HINT}`, then run `report` again.", ""]
+    if not (run_dir / "prepared" / "settings.json").exists(): return lines + ["No prepared screen in this run folder.", ""]
+    prep = load_prepared(run_dir)
+    st = next((d["settings"] for _, g, d in done if g in GRAPH_ORDER), {})
+    user, base = {}, {}
+    for s in dict.fromkeys(s for s, _, _ in done):
+        res, base[s] = _cell_eval_fold(run_dir, prep, s, st)
+        for m, r in res.items(): user.setdefault(m, {})[s] = r
+    if not user: return lines + ["No saved predictions (`predictions.h5ad`) to score.", ""]
+    rows = {}
+    for m in [m for m in main if m in user] + [m for m in user if m not in main]:
+        sc = interop.normalised_score(pd.concat(user[m].values()), pd.concat([base[s] for s in user[m]]))
+        rows[m] = {**sc["pred"].drop("avg_score"), "score": sc.loc["avg_score", "normalised"], "folds": len(user[m])}
+    bs = [v for v in base.values() if v is not None]
+    rows["cell-mean baseline"] = {**pd.concat(bs)[list(interop.VCC_METRICS)].mean(), "score": 0.0, "folds": len(bs)}
+    tab = pd.DataFrame(rows).T.rename(columns={**_CE_COLS, "score": "score vs cell-mean"})
+    tab["folds"] = tab["folds"].astype(int)
+    write_csv(tdir / "cell_eval.csv", tab)
+    return lines + ["Means over the held-out perturbations pooled across folds; score: each metric normalised against the "
+                    "cell-mean baseline of the same folds (0 = no better, clipped at 0), averaged (cell-eval "
+                    "`score_agg_metrics`). The baseline is built from the held-out cells themselves (cell-eval's definition).",
+                    "", md_table(tab), ""]
+
+
 # %% ../../nbs/53_experiment_report.ipynb #23566f9b
 _TABLE_NAMES = {"parity_all": "Table 1 layout: OOD, all genes, the paper's metrics",
                 "parity_top50": "Table 2 layout: OOD, top 50 genes, the paper's metrics",
                 "corrected_all": "Corrected metrics, all genes", "corrected_top50": "Corrected metrics, top 50 genes"}
 
-def _run_report(run_dir, res, folds, tables, tm, timing, figs, done, primary, note=None) -> str:
+def _run_report(run_dir, res, folds, tables, tm, timing, figs, done, primary, note=None, cell_eval=()) -> str:
     n_p = res.per_perturbation.drop_duplicates(["fold", "perturbation"]).shape[0]
     graphs = sorted({g for _, g, _ in done if g in GRAPH_ORDER}, key=GRAPH_ORDER.index)
     notes = {g: d.get("graph_note") for _, g, d in done if d.get("graph_note")}
@@ -148,7 +195,7 @@ def _run_report(run_dir, res, folds, tables, tm, timing, figs, done, primary, no
                   f"{s0['batch_size']} x pack {s0['pack']}, training preset {s0.get('train_preset') or 'paper'}, "
                   f"seed {s0['seed']}.", ""]
     for k, t in tables.items():
-        lines += [f"## {_TABLE_NAMES.get(k, k)}", "", md_table(t), ""]
+        lines += [f"## {_TABLE_NAMES.get(k, k)}", "", md_table(t), ""] + (list(cell_eval) if k == "parity_all" else [])
     lines += ["## SCCVAE by shift-selection mode (all genes)", "",
               "oracle: c chosen on the scored cells (the paper's choice, a test-data leak); holdout: on the other half "
               "of the held-out cells; linear: against the linear baseline's prediction; none: median learned c.", "",
@@ -165,6 +212,7 @@ def report(run_dir, # the run folder, `out_dir/name`
            seed: int = 0, # seed of the embeddings and of the cells drawn
            figures: bool = True, # draw the figures
            note: str | None = None, # a line added under the title (e.g. the wall time of the run)
+           cell_eval: bool = True, # add cell-eval's baseline-normalised score when cell-eval is installed
           ) -> Path:
     "Pool all finished folds of `run_dir` into `report.md`, `tables/*.csv`, `figures/*.png`; returns report.md's path."
     run_dir = Path(run_dir)
@@ -173,5 +221,6 @@ def report(run_dir, # the run folder, `out_dir/name`
     tables, modes, tm, timing = _tables(res, done, main, run_dir / "tables")
     figs = _figures(run_dir, res, done, base, main, embedding=embedding, seed=seed) if figures else {}
     folds = sorted(res.per_perturbation.fold.unique().tolist())
-    text = _run_report(run_dir, res, folds, tables, tm, timing, figs, done, primary, note)
+    ce = _cell_eval_lines(run_dir, done, main, run_dir / "tables") if cell_eval else []
+    text = _run_report(run_dir, res, folds, tables, tm, timing, figs, done, primary, note, ce)
     return write_text(run_dir / "report.md", text)
