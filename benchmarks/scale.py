@@ -226,7 +226,7 @@ def main(argv=None):
         row["cold/memory"] = row["train_cold_cells_s"] / row["train_memory_cells_s"]
         rows.append(row)
         if not a.keep:
-            src.unlink(); store.unlink()
+            for p in (src, store, store.with_name(store.name + ".lock")): p.unlink(missing_ok=True)
         pd.DataFrame(rows).to_csv(out / "scale.csv", index=False)
     df = pd.DataFrame(rows).set_index("screen")
     cols = ["source_gb", "prepare_s", "prepare_rss_gb", "labels_s", "train_disk_cells_s", "train_cold_cells_s",
