@@ -125,6 +125,28 @@ def block(self: RowReader, start: int, stop: int):
 
 # %% ../../nbs/01e_store.ipynb #01f693a1
 @patch
+def _gather(self: RowReader, starts, stops):
+    """Runs [start, stop) of rows, read straight into one output (a dense array, or CSR arrays): one `pread` per run
+    and dataset, no intermediate blocks (the hot path of streamed training)."""
+    n, m = int((stops - starts).sum()), self.shape[1]
+    if not self.sparse:
+        out, pos = np.empty((n, m), dtype=self._parts[0].dtype), 0
+        row = m * out.itemsize
+        for a, b in zip(starts.tolist(), stops.tolist()):
+            _pread_into(self._fd, out[pos:pos + b - a], self._offsets[0] + a * row); pos += b - a
+        return out
+    lo, hi = self.indptr[starts], self.indptr[stops]
+    nnz = int((hi - lo).sum())
+    data, ind = np.empty(nnz, self._parts[0].dtype), np.empty(nnz, self._parts[1].dtype)
+    pos = 0
+    for a, b in zip(lo.tolist(), hi.tolist()):
+        _pread_into(self._fd, data[pos:pos + b - a], self._offsets[0] + a * data.itemsize)
+        _pread_into(self._fd, ind[pos:pos + b - a], self._offsets[1] + a * ind.itemsize); pos += b - a
+    rows = np.concatenate([np.arange(a, b) for a, b in zip(starts.tolist(), stops.tolist())]) if len(starts) else starts
+    indptr = np.r_[0, np.cumsum(self.indptr[rows + 1] - self.indptr[rows])]
+    return sp.csr_matrix((data, ind, indptr), shape=(n, m))
+
+@patch
 def read(self: RowReader, idx, dense: bool = True, dtype=np.float32):
     """Rows `idx` (any order, repeats allowed) as a dense `dtype` array, or as stored (`dense=False`: CSR or dense).
     Consecutive indices are read as one block."""
@@ -132,17 +154,21 @@ def read(self: RowReader, idx, dense: bool = True, dtype=np.float32):
     if len(idx) and (idx.min() < 0 or idx.max() >= self.shape[0]):
         raise IndexError(f"row indices must be in [0, {self.shape[0]}); got {idx.min()}..{idx.max()}.")
     uniq, inv = np.unique(idx, return_inverse=True)
+    starts, stops = _runs(uniq)
     if self._mem is not None: B = self._mem[uniq]
+    elif self.direct or len(starts) == 1: B = self._gather(starts, stops) if self.direct else self.block(int(starts[0]), int(stops[0]))
     else:
-        starts, stops = _runs(uniq)
         blocks = [self.block(int(a), int(b)) for a, b in zip(starts, stops)]
-        if len(blocks) == 1: B = blocks[0]                     # one run (e.g. everything): no second copy
-        elif self.sparse: B = sp.vstack(blocks, format="csr") if blocks else sp.csr_matrix((0, self.shape[1]))
+        if self.sparse: B = sp.vstack(blocks, format="csr") if blocks else sp.csr_matrix((0, self.shape[1]))
         else: B = np.concatenate(blocks) if blocks else np.zeros((0, self.shape[1]))
     if dense:
-        B = B.toarray() if sp.issparse(B) else np.asarray(B)
-        B = B.astype(dtype, copy=False)
+        if sp.issparse(B):                                    # densify straight into the output dtype
+            D = np.zeros(B.shape, dtype=dtype)
+            D[np.repeat(np.arange(B.shape[0]), np.diff(B.indptr)), B.indices] = B.data
+            B = D
+        B = np.asarray(B).astype(dtype, copy=False)
     return B if len(uniq) == len(idx) and (len(idx) < 2 or (np.diff(idx) > 0).all()) else B[inv]
+
 
 # %% ../../nbs/01e_store.ipynb #36982d66
 def _source_fingerprint(path: Path, settings: dict) -> str:
