@@ -385,7 +385,7 @@ def test_backed_anndata_is_refused_at_the_entry_points(h5ad_path, entry):
             "normalize": lambda: D.normalize(b),
             "SCCVAE": lambda: SCCVAE(b),
             "SCCVAE.setup_anndata": lambda: SCCVAE.setup_anndata(b, perturbation_key="gene", control_group="non-targeting")}
-    with pytest.raises(ValueError, match=r"backed AnnData is not supported yet .*adata.to_memory\(\)"):
+    with pytest.raises(ValueError, match=r"cannot use this backed AnnData .*prepare_store.*read_store.*adata.to_memory\(\)"):
         call[entry]()
     b.file.close()
     m = ad.read_h5ad(h5ad_path, backed="r").to_memory()     # the fix the message gives works
