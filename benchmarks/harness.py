@@ -18,10 +18,15 @@ Screens:
     python benchmarks/harness.py --screen sim --seeds 0 1 2 --effect-size 1.5
     python benchmarks/harness.py --screen datlinger --configs sccvae_paper,sccvae_gauss --max-epochs 10
     python benchmarks/harness.py --screen sim --embedding-noise 0 0.5 1 2 inf --configs sccvae_anchor
+    python benchmarks/harness.py --screen tapseq --peers state --peer-steps 1000   # + Arc's STATE on the same folds
 
 --embedding-noise (sim only): one run per noise level with the labels = the control-PCA label combined with
 `sccvae.synthetic.truth_embedding(noise)` (`sccvae.data.combine_labels`; 'inf' = the control-PCA label alone), then a
 table of Pearson Δ per method against the noise: how prediction of unseen genes grows with the embedding's quality.
+
+--peers state trains Arc's STATE (`pip install 'sccvae[state]'`) on every fold with the same control-PCA (or
+--embedding-noise) gene labels as its perturbation features and scores its predicted cells in the same table
+(chapter nbs/57_peers.ipynb).
 
 The shared data are read in place (never copied into the repository); a screen whose file is absent is skipped with a
 message (exit code 0).
@@ -85,6 +90,9 @@ def main(argv=None) -> int:
     p.add_argument("--accelerator", default="cpu")
     p.add_argument("--out", default=str(ROOT / "runs" / "benchmark"), help="results go to OUT/<screen>[_seedS]")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--peers", default="", help="comma-separated peers trained and scored on the same folds "
+                   "(state: Arc's STATE, pip install 'sccvae[state]'; default none)")
+    p.add_argument("--peer-steps", type=int, default=None, help="training steps of each peer (STATE's default 1000)")
     p.add_argument("--embedding-noise", type=float, nargs="+", default=None,
                    help="sim: label = control PCA + truth_embedding(noise) per value ('inf': control PCA alone)")
     a = p.parse_args(argv)
@@ -98,6 +106,7 @@ def main(argv=None) -> int:
     bad = [c for c in configs if c not in BENCHMARK_CONFIGS]
     if bad: p.error(f"unknown configurations {bad}; use {list(BENCHMARK_CONFIGS)}")
     baselines = list(BENCHMARK_BASELINES) if a.baselines.strip().lower() == "all" else _names(a.baselines)
+    a.peers = {x: {} if a.peer_steps is None else {"max_steps": a.peer_steps} for x in _names(a.peers)}
     if a.embedding_noise is not None:
         if a.screen != "sim": p.error("--embedding-noise needs --screen sim (the simulator knows the true shifts)")
         return embedding_sweep(a, configs, baselines)
@@ -110,7 +119,7 @@ def main(argv=None) -> int:
         name = a.screen if len(a.seeds) == 1 else f"{a.screen}_seed{seed}"
         res = benchmark(adata, configs=configs, baselines=baselines, n_folds=a.n_folds, seed=seed,
                         n_eval_cells=a.n_eval_cells, max_epochs=a.max_epochs, accelerator=a.accelerator,
-                        workers=a.workers, out_dir=Path(a.out) / name, name=name)
+                        workers=a.workers, out_dir=Path(a.out) / name, name=name, peers=a.peers)
         wall = time.perf_counter() - t0
         results.append(res)
         tim = res.timings.groupby("method", sort=False)["seconds"].sum()
@@ -145,7 +154,7 @@ def embedding_sweep(a, configs, baselines) -> int:
             name = f"sim_seed{seed}_noise{noise:g}"
             res = benchmark(adata, configs=configs, baselines=baselines, n_folds=a.n_folds, seed=seed, labels=labels,
                             n_eval_cells=a.n_eval_cells, max_epochs=a.max_epochs, accelerator=a.accelerator,
-                            workers=a.workers, out_dir=Path(a.out) / name, name=name)
+                            workers=a.workers, out_dir=Path(a.out) / name, name=name, peers=a.peers)
             st = res.summary(fmt=False)
             st = st[st.metric == "pearson_delta"]
             for _, r in st.iterrows():

@@ -6,7 +6,7 @@ Docs: https://sccvae.github.io/sccvae/cli.html.md"""
 
 # %% ../nbs/56_cli.ipynb #b58fe6b5
 from __future__ import annotations
-import argparse, json, logging, os, shutil, sys, time, traceback
+import argparse, json, logging, os, shutil, subprocess, sys, time, traceback
 from pathlib import Path
 import h5py
 import torch
@@ -19,7 +19,7 @@ from .experiment.config import (RunConfig, GRAPH_ORDER, add_cli_options, cli_kwa
 from .experiment.prepare import check_h5ad, prepare
 from .experiment.fold import run_fold
 from .experiment.report import report
-from .experiment.launch import run_many, parse_folds, run_demo, slurm_script
+from .experiment.launch import run_many, parse_folds, run_demo, slurm_script, torchrun_command
 from .experiment.benchmark import benchmark, PAIR_BASELINES
 from .synthetic import simulate_screen
 from .experiment.benchmark_configs import BENCHMARK_CONFIGS, BENCHMARK_BASELINES, DEFAULT_BASELINES
@@ -67,6 +67,8 @@ def _add_run_parser(sub):
     g.add_argument("--dry-run", action="store_true", help="print the commands without running them")
     g.add_argument("--emit-slurm", default=None, metavar="PATH",
                    help="prepare the data here and write a Slurm job-array script (one fold x graph per task) instead of running")
+    g.add_argument("--nproc-per-node", type=_POS, default=1, metavar="N",
+                   help="processes (GPUs) per fold: each fold trains data-parallel through torchrun on N GPUs of --gpus (default 1)")
     g.add_argument("--slurm-sbatch", action="append", default=[], metavar="OPTION",
                    help="an extra #SBATCH option for --emit-slurm, e.g. --slurm-sbatch=--partition=gpu (repeatable)")
 
@@ -88,6 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     f = sub.add_parser("fold", help="run one fold and graph in this process", description="Run one (fold, graph) in this process.")
     add_cli_options(f, _RUN_SECTIONS); add_cli_options(f, ("task",))
     f.add_argument("--kwargs", default=None, help="JSON object of run_fold keyword arguments (overrides the options)")
+    x = f.add_argument_group("data-parallel training (torchrun)")
+    x.add_argument("--nproc-per-node", type=_POS, default=1, metavar="N",
+                   help="train on N processes of this machine through torchrun: one per GPU, or CPU processes (gloo)")
+    x.add_argument("--nnodes", type=_POS, default=1, help="machines taking part (run the same command on each)")
+    x.add_argument("--rdzv-endpoint", default=None, metavar="HOST:PORT", help="where the machines meet (with --nnodes > 1)")
     rp = sub.add_parser("report", help="pool finished folds into report.md, tables and figures",
                         description="Pool the finished folds of a run folder (OUT_DIR/NAME) into report.md, tables/*.csv, figures/*.png.")
     rp.add_argument("run_dir", help="the run folder, e.g. runs/demo")
@@ -139,6 +146,9 @@ def _add_benchmark_parser(sub):
                         "out, the model trains on the other pairs; a table by seen-singles class. Without --data: a "
                         "simulated screen with --n-pairs pairs")
     g.add_argument("--n-pairs", type=int, default=40, help="pairs of the simulated screen with --pairs (default 40)")
+    g.add_argument("--peers", default="", help="comma-separated other models trained and scored on the same folds "
+                   "(sccvae.experiment.peers.PEERS: state, Arc's STATE; needs pip install 'sccvae[state]'); default none")
+    g.add_argument("--peer-steps", type=_none_or(int), default=None, help="training steps of each peer (STATE's default 1000)")
     g.add_argument("--n-folds", type=int, default=5, help="folds over perturbations (default 5)")
     g.add_argument("--seed", type=int, default=0, help="seed of folds, models, predictions and truth subsampling (default 0)")
     g.add_argument("--n-eval-cells", type=int, default=300, help="cap on true (and predicted) cells per perturbation (default 300)")
@@ -192,14 +202,15 @@ def _cmd_run(a):
     tasks = [dict(kw, split=k, graph=g) for k in folds for g in graphs]
     if a.emit_slurm:
         p = slurm_script(tasks, a.emit_slurm, papermill=not a.no_papermill, template=a.template, sbatch=a.slurm_sbatch,
-                         prepare_here=not a.dry_run)
+                         prepare_here=not a.dry_run, nproc_per_node=a.nproc_per_node)
         run = Path(a.out_dir) / kw["name"]
         print(f"{len(tasks)} tasks: {p}\nsubmit:  jid=$(sbatch --parsable {p})\nreport:  sbatch --dependency=afterok:$jid "
               f"--wrap \"sccvae report {run}\"")
         return 0
     gpus = _gpus(a.gpus)
     t0 = time.perf_counter()
-    tab = run_many(tasks, gpus=gpus, workers=a.workers, papermill=not a.no_papermill, template=a.template, dry_run=a.dry_run)
+    tab = run_many(tasks, gpus=gpus, workers=a.workers, papermill=not a.no_papermill, template=a.template, dry_run=a.dry_run,
+                   nproc_per_node=a.nproc_per_node)
     if a.dry_run:
         for c in tab.get("command", []): print(c)
         return 0
@@ -235,7 +246,10 @@ def _cmd_fold(a):
     if kw.get("data"): check_h5ad(kw["data"])
     b = argparse.Namespace(**{**vars(a), **kw})
     _check_args(b, [int(kw["split"])], [kw["graph"]], opt="--split")
+    if (a.nproc_per_node > 1 or a.nnodes > 1) and "WORLD_SIZE" not in os.environ:   # launch ourselves under torchrun
+        return subprocess.call(torchrun_command(kw, a.nproc_per_node, nnodes=a.nnodes, rdzv_endpoint=a.rdzv_endpoint))
     r = run_fold(**kw)
+    if r is None: return 0                          # a data-parallel rank other than 0: it trained its share
     print(repr(r))
     print(md_table(r.summary(gene_set="all", family="parity")))
     return 0
@@ -317,7 +331,8 @@ def _cmd_benchmark(a):
     t0 = time.perf_counter()
     res = benchmark(adata, configs=cfgs, baselines=bls, n_folds=a.n_folds, seed=a.seed, n_eval_cells=a.n_eval_cells,
                     min_cells=a.min_cells, max_epochs=a.max_epochs, accelerator=a.accelerator, workers=a.workers,
-                    out_dir=out, name=name, pairs=a.pairs)
+                    out_dir=out, name=name, pairs=a.pairs,
+                    peers={p: {} if a.peer_steps is None else {"max_steps": a.peer_steps} for p in _names(a.peers)})
     print(res.to_markdown())
     if a.pairs: print("\n" + md_table(res.pair_summary()))
     print(f"\nresults: {out}\nwall time: {time.perf_counter() - t0:.0f} s")

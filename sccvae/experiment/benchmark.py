@@ -26,6 +26,7 @@ from .scoring import *   # the harness's metrics (chapter 55_benchmark_scoring),
 from .scoring import _dense64, _drop_array
 from .benchmark_configs import (BENCHMARK_BASELINES, DEFAULT_BASELINES, LABEL_FREE_BASELINES, LINEAR_COMPONENTS,
                                                  BENCHMARK_CONFIGS, ORACLE_MODES, check_config, resolve_configs, resolve_baselines)
+from .peers import PEERS, resolve_peers
 
 _log = logging.getLogger("sccvae")
 
@@ -228,8 +229,8 @@ def held_out(manifest: pd.DataFrame, k) -> list[str]:
 
 # %% ../../nbs/55_benchmark.ipynb #bdf9cf95
 def _run_fold(adata, manifest, k, *, cfgs, bls, bl_labels, labels, seed, n_eval_cells, n_pcs, split_key, accelerator,
-              max_epochs):
-    "One fold: split, reference, truth, every baseline and configuration, scores. Returns (frames, timings, shifts)."
+              max_epochs, peers=None):
+    "One fold: split, reference, truth, every baseline, configuration and peer, scores. Returns (frames, timings, shifts)."
     frames, times, means = [], [], []
     ks = int(k) if isinstance(k, (int, np.integer)) else zlib.crc32(str(k).encode())   # the fold in seeds ('pairs' too)
     scd.apply_split(adata, manifest, k, key=split_key)
@@ -262,6 +263,13 @@ def _run_fold(adata, manifest, k, *, cfgs, bls, bl_labels, labels, seed, n_eval_
                                 max_epochs=max_epochs, name=cname)
         preds[cname] = (cells, truth)
         times += [(k, cname, st, v) for st, v in tim.items()]
+    for pname, opt in (peers or {}).items():                         # other models (chapter 57_peers), same cells
+        _log.info("benchmark fold %s: running peer %s", k, pname)
+        opt = dict(opt); wd = opt.pop("work_dir", None)
+        pred, tim = PEERS[pname](adata, held, counts, split_key=split_key, labels=labels, seed=seed,
+                                 work_dir=None if wd is None else Path(wd) / f"fold_{k}", **opt)
+        preds[pname] = (_cells_by_target(pred, held, counts), truth)
+        times += [(k, pname, st, v) for st, v in tim.items()]
     for mname, (pc, tc) in preds.items():
         t0 = time.perf_counter()
         df, pm, tm = score_cells(pc, tc, ref)
@@ -312,7 +320,7 @@ def benchmark(adata: ad.AnnData, configs=("sccvae_default",), baselines=DEFAULT_
               min_cells: int = 10, perturbations: Sequence[str] | None = None, folds: Sequence[int] | None = None,
               manifest: pd.DataFrame | None = None, max_epochs: int | None = None, accelerator: str = "auto",
               workers: int = 1, split_key: str = "benchmark_split", name: str | None = None,
-              pairs: bool = False) -> BenchmarkResult:
+              pairs: bool = False, peers=None) -> BenchmarkResult:
     """k-fold leave-perturbations-out comparison of SCCVAE `configs` and `baselines` on a registered, normalised AnnData.
 
     `configs`: names of `BENCHMARK_CONFIGS` or {name: config}; `baselines`: names of `BENCHMARK_BASELINES` or
@@ -323,10 +331,17 @@ def benchmark(adata: ad.AnnData, configs=("sccvae_default",), baselines=DEFAULT_
     processes with one thread each (on a shared or small CPU much faster than threads; factories must be picklable);
     `out_dir`: write CSVs and report.md there. `pairs` (or a `combination_manifest`): one split that holds out
     singles and combinations (`sccvae.data.combination_manifest`), the model training on the other pairs, the
-    baselines that can predict pairs (`PAIR_BASELINES`: the additive one among them), and a table by seen-singles class."""
+    baselines that can predict pairs (`PAIR_BASELINES`: the additive one among them), and a table by seen-singles class.
+    `peers`: other models trained and scored on the same folds (names of `sccvae.experiment.peers.PEERS`, e.g.
+    `["state"]`, or {name: options}; chapter 57_peers), given `labels` (default: their own)."""
     t_all = time.perf_counter()
     if pairs and baselines is DEFAULT_BASELINES: baselines = PAIR_BASELINES
     reg, cfgs, bls = _benchmark_inputs(adata, configs, baselines)
+    peers = resolve_peers(peers)
+    if clash := sorted(set(peers) & (set(cfgs) | set(bls))):
+        raise ValueError(f"method names {clash} are both a peer and a configuration or baseline.")
+    if peers and (pairs or (manifest is not None and manifest.attrs.get("kind") == "combination")):
+        raise ValueError("peers are not run on held-out combinations (their features are per gene); drop pairs or peers.")
     if pairs and manifest is None:
         manifest = scd.combination_manifest(adata, seed=seed, perturbations=perturbations)
     combo = manifest is not None and manifest.attrs.get("kind") == "combination"
@@ -346,7 +361,7 @@ def benchmark(adata: ad.AnnData, configs=("sccvae_default",), baselines=DEFAULT_
     # every fold: computed once and given to every baseline factory
     bl_labels = _baseline_labels(adata, bls, labels, seed)
     kw = dict(cfgs=cfgs, bls=bls, bl_labels=bl_labels, labels=labels, seed=seed, n_eval_cells=n_eval_cells, n_pcs=n_pcs,
-              split_key=split_key, accelerator=accelerator, max_epochs=max_epochs)
+              split_key=split_key, accelerator=accelerator, max_epochs=max_epochs, peers=peers)
     try: outs = _run_folds(adata, manifest, run_folds, int(workers), kw)
     finally: _restore_split(adata, split_key, prev_split)
     df, timings = _collect(outs, tcol)
@@ -359,7 +374,7 @@ def benchmark(adata: ad.AnnData, configs=("sccvae_default",), baselines=DEFAULT_
                            if combo else None),
         seeds=dict(manifest=seed, models=seed, predictions=seed, truth_subsample=f"[{seed}, fold, crc32(perturbation)]",
                    split_half=f"[{seed}, fold, crc32(perturbation), 5]", pc_space=seed),
-        configs=cfgs, baselines=list(bls), max_epochs_override=max_epochs, accelerator=accelerator,
+        configs=cfgs, baselines=list(bls), peers=peers, max_epochs_override=max_epochs, accelerator=accelerator,
         labels="user table" if labels is not None else "model/baseline defaults",
         data=dict(n_obs=int(adata.n_obs), n_vars=int(adata.n_vars), perturbation_key=reg["perturbation_key"],
                   control_group=reg["control_group"], normalized=reg.get("normalized")),
