@@ -268,9 +268,9 @@ def test_setup_normalizes_by_default_like_setup_then_normalize():
 
 def test_data_package_layout():
     import importlib, sccvae.synthetic as S
-    from sccvae.data import registry, filter, labels, splits
+    from sccvae.data import registry, store, filter, labels, splits
     assert S.TARGET_SUM is D.TARGET_SUM and "TARGET_SUM" not in S.__all__          # one home for the constant
-    mods = (registry, filter, labels, splits)
+    mods = (registry, store, filter, labels, splits)
     assert sorted(D.__all__) == sorted(set().union(*(m.__all__ for m in mods)))
     assert all(getattr(D, n) is getattr(m, n) for m in mods for n in m.__all__)
     for name in ("_check_in_memory", "_lognorm_rows", "_SPLITS"): assert hasattr(D, name)
