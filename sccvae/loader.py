@@ -153,7 +153,6 @@ def _raw(self: PerturbationData, idx):
 def _hold_store(self: PerturbationData, adata):
     """A store on disk (`sccvae.data.read_store`): the control cells are read once and held in the store's format
     (dense, or CSR), every other row is read from disk when a batch needs it (`prefetch` reads ahead in a thread)."""
-    import torch
     self.streamed, self._reader = True, store_reader(adata)
     self._sparse, self._X, self._Xdev = self._reader.sparse, None, None
     ctrl = np.flatnonzero(self.codes.numpy() == -1)
